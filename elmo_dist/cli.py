@@ -1,0 +1,130 @@
+"""The `elmo-dist` command line (also `python -m elmo_dist`).
+
+    elmo-dist prepare 'corpus/*.txt' --out data/prepared [--tokenizer moses]
+    elmo-dist pretrain configs/debug.yaml [key=value ...]
+    elmo-dist evaluate runs/debug [key=value ...]
+
+A mistake a user can fix (a missing file, a bad key, a broken checkpoint) prints one line,
+`elmo-dist: error: ...`, and exits with status 2; `--debug` adds the traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from elmo_dist import __version__
+from elmo_dist.errors import UserError
+
+
+def _add_prepare(sub) -> None:
+    p = sub.add_parser("prepare", help="build the vocabulary, token shards and held-out split from text",
+                       description="Stream text files (globs and .gz welcome; one sentence or document per line) "
+                                   "into a vocabulary, memory-mappable token-id shards, a held-out split and a manifest.")
+    p.add_argument("inputs", nargs="+", help="text files or globs (quote globs)")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--tokenizer", choices=["whitespace", "moses"], default="whitespace",
+                   help="whitespace: text is already tokenized (1B Word style); moses: raw text, sacremoses' Moses tokenizer")
+    p.add_argument("--lowercase", action="store_true", help="lowercase before tokenizing")
+    p.add_argument("--min-count", type=int, default=1, help="keep words seen at least this often (default 1)")
+    p.add_argument("--max-size", type=int, default=0, help="cap the vocabulary, specials included (0 = no cap)")
+    p.add_argument("--heldout-fraction", type=float, default=0.01, help="fraction of lines held out (default 0.01)")
+    p.add_argument("--heldout", nargs="+", default=[], metavar="FILE",
+                   help="held-out text files; replaces --heldout-fraction")
+    p.add_argument("--shard-tokens", type=int, default=10_000_000, help="tokens per shard (default 10M)")
+    p.add_argument("--max-types", type=int, default=20_000_000,
+                   help="distinct words kept while counting; past it the rarest are pruned (bounded memory)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the held-out line selection")
+
+
+def _add_run_parsers(sub) -> None:
+    p = sub.add_parser("pretrain", help="pretrain the biLM (resumes automatically from RUN_DIR)",
+                       description="Pretrain the ELMo biLM. Running the same command again resumes from the newest "
+                                   "complete checkpoint in train.run_dir.")
+    p.add_argument("config", help="YAML run config, e.g. configs/debug.yaml")
+    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.max_steps=100")
+    p.add_argument("--stop-at-step", type=int, default=0,
+                   help="checkpoint and stop at this step without changing the run's schedule (resume later)")
+    e = sub.add_parser("evaluate", help="held-out perplexity of a run or checkpoint",
+                       description="Exact full-softmax held-out perplexity (fwd, bwd, mean) and the unigram baseline.")
+    e.add_argument("checkpoint", help="a run directory (its newest checkpoint) or a checkpoints/step-N directory")
+    e.add_argument("overrides", nargs="*", help="dotted overrides, e.g. data.dir=other/prepared")
+    e.add_argument("--out", help="where summary.json goes (default: RUN_DIR/eval/step-N)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="elmo-dist", description="Distributed batch trainer for ELMo biLMs.")
+    parser.add_argument("--version", action="version", version=f"elmo-dist {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show Python tracebacks for errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    _add_prepare(sub)
+    _add_run_parsers(sub)
+    return parser
+
+
+def cmd_prepare(args) -> int:
+    from elmo_dist.data.prepare import PrepareOptions, prepare
+
+    opts = PrepareOptions(inputs=args.inputs, out=args.out, tokenizer=args.tokenizer, lowercase=args.lowercase,
+                          min_count=args.min_count, max_size=args.max_size, heldout_fraction=args.heldout_fraction,
+                          heldout_files=args.heldout, shard_tokens=args.shard_tokens, max_types=args.max_types,
+                          seed=args.seed)
+    m = prepare(opts)
+    tr, ho = m["splits"]["train"], m["splits"]["heldout"]
+    print(f"prepared {m['lines']:,} lines -> {tr['words']:,} train / {ho['words']:,} held-out words, "
+          f"vocab {m['vocab_size']:,}, OOV rate {tr['oov_words'] / max(tr['words'], 1):.2%}")
+    print(f"skipped {m['empty_lines_skipped']:,} empty lines; {m['lines_with_bad_utf8']:,} lines had bad UTF-8 (replaced); "
+          f"{m['train_tokens_over_48_bytes']:,} training tokens truncated to 48 bytes for char ids")
+    print(f"throughput: {m['tokens_per_s']:,.0f} tokens/s ({m['seconds']:.1f} s) -> {args.out}")
+    summary = {"tokens": tr["words"] + ho["words"], "tokens_per_s": m["tokens_per_s"], "seconds": m["seconds"],
+               "vocab_size": m["vocab_size"], "out": args.out}
+    (Path(args.out) / "summary.json").write_text(json.dumps(summary, indent=2))
+    return 0
+
+
+def _print_ppl(summary: dict) -> None:
+    if "val_ppl" in summary:
+        ratio = summary["val_ppl"] / summary["unigram_ppl"]
+        print(f"held-out perplexity: fwd {summary['val_ppl_fwd']:.2f}  bwd {summary['val_ppl_bwd']:.2f}  "
+              f"mean {summary['val_ppl']:.2f}  |  unigram_ppl {summary['unigram_ppl']:.2f}  "
+              f"(val_ppl / unigram_ppl = {ratio:.3f})")
+
+
+def cmd_pretrain(args) -> int:
+    from elmo_dist.config import load_config
+    from elmo_dist.train.trainer import pretrain
+
+    cfg = load_config(args.config, args.overrides)
+    summary = pretrain(cfg, stop_at_step=args.stop_at_step)
+    _print_ppl(summary)
+    print(f"steps {summary['steps']}, {summary['tokens_per_s']:,.0f} tokens/s; run directory {cfg.train.run_dir} "
+          f"(tensorboard --logdir {cfg.train.run_dir})")
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from elmo_dist.train.evaluate_cmd import evaluate_checkpoint
+
+    summary = evaluate_checkpoint(args.checkpoint, args.overrides, args.out)
+    _print_ppl(summary)
+    print(f"summary: {summary['summary_path']}")
+    return 0
+
+
+COMMANDS = {"prepare": cmd_prepare, "pretrain": cmd_pretrain, "evaluate": cmd_evaluate}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except UserError as e:
+        if args.debug:
+            raise
+        print(f"elmo-dist: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("elmo-dist: interrupted", file=sys.stderr)
+        return 130

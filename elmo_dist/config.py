@@ -1,0 +1,275 @@
+"""The one config system: typed dataclasses, loaded as defaults <- flavour <- YAML <- dotted overrides.
+
+    cfg = load_config("configs/debug.yaml", ["train.max_steps=100", "model.lstm_dim=64"])
+
+Precedence is CLI overrides > YAML file > the model flavour's preset > dataclass defaults.
+An unknown key is a ConfigError naming the closest valid key; a value of the wrong type names
+its key too. `save_config` writes the resolved config that every run and checkpoint carries.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from elmo_dist.errors import ConfigError
+
+# bilm-tf's char CNN: (width, number of filters) pairs, 2048 filters in total
+FULL_FILTERS = [[1, 32], [2, 32], [3, 64], [4, 128], [5, 256], [6, 512], [7, 1024]]
+SMALL_FILTERS = [[1, 16], [2, 16], [3, 32], [4, 64], [5, 128]]
+
+
+@dataclass
+class ModelConfig:
+    flavour: str = "debug"
+    """Named size preset (debug, small, medium, original); any field below overrides it."""
+    encoder: str = "char_cnn"
+    """Token encoder: char_cnn (ELMo) or word (a plain word-embedding table)."""
+    char_embed_dim: int = 16
+    filters: list = field(default_factory=lambda: [list(f) for f in SMALL_FILTERS])
+    """Char CNN filters as [width, count] pairs."""
+    max_chars_per_token: int = 50
+    n_highway: int = 0
+    word_embed_dim: int = 128
+    """Embedding width of the `word` encoder (ignored by char_cnn)."""
+    lstm_dim: int = 256
+    """LSTM cells per layer and direction."""
+    projection_dim: int = 64
+    """LSTM projection width; also the token-layer width and the softmax input width."""
+    n_layers: int = 2
+    cell_clip: Optional[float] = None
+    """Clip LSTM cell values to +-cell_clip (ELMo uses 3). Set -> exact clipped cell, slower."""
+    proj_clip: Optional[float] = None
+    """Clip LSTM projections to +-proj_clip (ELMo uses 3). Set -> exact clipped cell, slower."""
+    residual: bool = True
+    """Residual connection around every LSTM layer after the first, as in ELMo."""
+    dropout: float = 0.1
+    softmax: str = "sampled"
+    """Training softmax: sampled, full or adaptive. Evaluation always uses the exact full softmax."""
+    n_negative_samples: int = 1024
+    """Negatives per step for the sampled softmax (bilm-tf used 8192)."""
+    adaptive_cutoffs: list = field(default_factory=lambda: [2000, 10000])
+
+
+@dataclass
+class DataConfig:
+    dir: str = "data/prepared"
+    """A directory written by `elmo-dist prepare`."""
+    batch_size: int = 32
+    """Rows per micro-batch per process."""
+    unroll_steps: int = 20
+    """Tokens per window (backprop through time stops at the window edge)."""
+    stateful: bool = True
+    """Carry the LSTM state from one window to the next of the same row, as bilm-tf does."""
+    eval_batch_size: int = 64
+    max_eval_tokens: int = 0
+    """Evaluate on at most this many held-out tokens (0 = all)."""
+
+
+@dataclass
+class OptimConfig:
+    name: str = "adagrad"
+    """adagrad (ELMo's recipe) or adam."""
+    lr: float = 0.2
+    adagrad_init_acc: float = 1.0
+    betas: list = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1e-8
+    weight_decay: float = 0.0
+    warmup_steps: int = 0
+    decay: str = "none"
+    """LR decay after warmup: none, linear or cosine (to min_lr_ratio x lr at max_steps)."""
+    min_lr_ratio: float = 0.0
+    grad_clip: float = 10.0
+    """Global-norm gradient clipping (0 = off)."""
+
+
+@dataclass
+class TrainConfig:
+    run_dir: str = "runs/debug"
+    max_steps: int = 1000
+    seed: int = 1234
+    device: str = "auto"
+    """auto (CUDA when present), cpu or cuda."""
+    eval_every: int = 500
+    """Held-out evaluation every N steps (0 = only at the end)."""
+
+
+@dataclass
+class CheckpointConfig:
+    every: int = 500
+    """Save every N steps (0 = only at the end)."""
+    keep_last: int = 3
+    resume: str = "auto"
+    """auto: continue from the newest complete checkpoint in run_dir; never: refuse a non-empty run_dir."""
+
+
+@dataclass
+class LoggingConfig:
+    log_every: int = 50
+    tensorboard: bool = True
+    progress: str = "auto"
+    """auto (a tqdm bar on a terminal, log lines otherwise), bar or lines."""
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+
+
+FLAVOURS: dict[str, dict[str, Any]] = {
+    "debug": dict(filters=SMALL_FILTERS, n_highway=0, lstm_dim=256, projection_dim=64),
+    "small": dict(filters=FULL_FILTERS, n_highway=1, lstm_dim=1024, projection_dim=128),
+    "medium": dict(filters=FULL_FILTERS, n_highway=1, lstm_dim=2048, projection_dim=256),
+    "original": dict(filters=FULL_FILTERS, n_highway=2, lstm_dim=4096, projection_dim=512,
+                     cell_clip=3.0, proj_clip=3.0, n_negative_samples=8192),
+}
+
+# fields that fix the shape of the weights: changing one on resume is refused
+ARCH_KEYS = ("encoder", "char_embed_dim", "filters", "max_chars_per_token", "n_highway",
+             "word_embed_dim", "lstm_dim", "projection_dim", "n_layers", "softmax", "adaptive_cutoffs")
+
+
+def valid_keys(cls: type = Config, prefix: str = "") -> list[str]:
+    """Every dotted key of a config dataclass, e.g. 'train.max_steps'."""
+    keys = []
+    for f in dataclasses.fields(cls):
+        name = prefix + f.name
+        if dataclasses.is_dataclass(f.default_factory if f.default_factory is not dataclasses.MISSING else None):
+            keys.extend(valid_keys(f.default_factory, name + "."))
+        else:
+            keys.append(name)
+    return keys
+
+
+def _check_keys(tree: dict, source: str, prefix: str = "") -> None:
+    allowed = valid_keys()
+    sections = {k.split(".")[0] for k in allowed}
+    for key, value in tree.items():
+        full = prefix + str(key)
+        if isinstance(value, dict) and full in sections:
+            _check_keys(value, source, full + ".")
+        elif full not in allowed:
+            close = difflib.get_close_matches(full, allowed + sorted(sections), n=1, cutoff=0.5)
+            hint = f"; did you mean '{close[0]}'?" if close else f"; valid sections: {', '.join(sorted(sections))}"
+            raise ConfigError(f"{source}: unknown config key '{full}'{hint}")
+
+
+def _parse_overrides(overrides: list[str]) -> dict:
+    for item in overrides:
+        if "=" not in item or item.startswith("="):
+            raise ConfigError(f"override '{item}' is not of the form key=value (e.g. train.max_steps=100)")
+    try:
+        return OmegaConf.to_container(OmegaConf.from_dotlist(list(overrides)))
+    except OmegaConfBaseException as e:
+        raise ConfigError(f"overrides: {str(e).splitlines()[0]}") from None
+
+
+def _read_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        tree = OmegaConf.to_container(OmegaConf.load(path))
+    except Exception as e:  # yaml.YAMLError and OmegaConf errors alike
+        raise ConfigError(f"{path}: not valid YAML: {str(e).splitlines()[0]}") from None
+    if tree is None:
+        return {}
+    if not isinstance(tree, dict):
+        raise ConfigError(f"{path}: expected a mapping of config sections, got {type(tree).__name__}")
+    return tree
+
+
+def config_from_tree(tree: dict, source: str = "config") -> Config:
+    """Build a validated Config from a nested dict (flavour preset applied first)."""
+    _check_keys(tree, source)
+    flavour = tree.get("model", {}).get("flavour", ModelConfig.flavour)
+    if flavour not in FLAVOURS:
+        raise ConfigError(f"{source}: model.flavour '{flavour}' is not one of {', '.join(FLAVOURS)}")
+    base = OmegaConf.structured(Config)
+    try:
+        merged = OmegaConf.merge(base, {"model": FLAVOURS[flavour]}, tree)
+        cfg = OmegaConf.to_object(merged)
+    except OmegaConfBaseException as e:
+        key = getattr(e, "full_key", None) or "?"
+        msg = str(e).splitlines()[0]
+        raise ConfigError(f"{source}: bad value for '{key}': {msg}") from None
+    validate(cfg)
+    return cfg
+
+
+def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
+    """defaults <- flavour preset <- YAML file <- dotted overrides, validated."""
+    tree = _read_yaml(path) if path else {}
+    over = _parse_overrides(list(overrides))
+    source = str(path) if path else "overrides"
+    _check_keys(tree, source)
+    _check_keys(over, "overrides")
+    merged = OmegaConf.to_container(OmegaConf.merge(tree, over))
+    return config_from_tree(merged, source)
+
+
+def _require(ok: bool, key: str, why: str) -> None:
+    if not ok:
+        raise ConfigError(f"config key '{key}' {why}")
+
+
+def validate(cfg: Config) -> None:
+    """Semantic checks that types alone can't express; each names its key."""
+    m, d, o, t = cfg.model, cfg.data, cfg.optim, cfg.train
+    _require(m.encoder in ("char_cnn", "word"), "model.encoder", f"must be char_cnn or word, got '{m.encoder}'")
+    _require(m.softmax in ("sampled", "full", "adaptive"), "model.softmax",
+             f"must be sampled, full or adaptive, got '{m.softmax}'")
+    for key in ("char_embed_dim", "max_chars_per_token", "lstm_dim", "projection_dim", "n_layers",
+                "word_embed_dim", "n_negative_samples"):
+        _require(getattr(m, key) > 0, f"model.{key}", f"must be positive, got {getattr(m, key)}")
+    _require(m.max_chars_per_token >= 3, "model.max_chars_per_token", "must be at least 3")
+    _require(m.n_highway >= 0, "model.n_highway", "must be >= 0")
+    _require(0 <= m.dropout < 1, "model.dropout", f"must be in [0, 1), got {m.dropout}")
+    for key in ("cell_clip", "proj_clip"):
+        v = getattr(m, key)
+        _require(v is None or v > 0, f"model.{key}", f"must be positive or null, got {v}")
+    _require(all(isinstance(f, list) and len(f) == 2 and min(f) > 0 for f in m.filters), "model.filters",
+             "must be a list of [width, count] pairs of positive integers")
+    for key in ("batch_size", "unroll_steps", "eval_batch_size"):
+        _require(getattr(d, key) > 0, f"data.{key}", f"must be positive, got {getattr(d, key)}")
+    _require(d.max_eval_tokens >= 0, "data.max_eval_tokens", "must be >= 0")
+    _require(o.name in ("adagrad", "adam"), "optim.name", f"must be adagrad or adam, got '{o.name}'")
+    _require(o.lr > 0, "optim.lr", f"must be positive, got {o.lr}")
+    _require(o.decay in ("none", "linear", "cosine"), "optim.decay", f"must be none, linear or cosine, got '{o.decay}'")
+    _require(o.warmup_steps >= 0 and o.grad_clip >= 0, "optim.warmup_steps", "and optim.grad_clip must be >= 0")
+    _require(t.max_steps > 0, "train.max_steps", f"must be positive, got {t.max_steps}")
+    _require(t.device in ("auto", "cpu", "cuda"), "train.device", f"must be auto, cpu or cuda, got '{t.device}'")
+    _require(t.eval_every >= 0, "train.eval_every", "must be >= 0")
+    _require(cfg.checkpoint.every >= 0, "checkpoint.every", "must be >= 0")
+    _require(cfg.checkpoint.keep_last >= 1, "checkpoint.keep_last", "must be >= 1")
+    _require(cfg.checkpoint.resume in ("auto", "never"), "checkpoint.resume", "must be auto or never")
+    _require(cfg.logging.log_every > 0, "logging.log_every", "must be positive")
+    _require(cfg.logging.progress in ("auto", "bar", "lines"), "logging.progress", "must be auto, bar or lines")
+
+
+def to_dict(cfg: Config) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def to_yaml(cfg: Config) -> str:
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(to_yaml(cfg))
+
+
+def arch_diff(a: ModelConfig, b: ModelConfig) -> list[str]:
+    """Architecture fields that differ between two model configs, as 'key: old -> new'."""
+    return [f"model.{k}: {getattr(a, k)} -> {getattr(b, k)}" for k in ARCH_KEYS if getattr(a, k) != getattr(b, k)]

@@ -1,0 +1,293 @@
+"""`elmo-dist prepare`: stream text files into a vocabulary, token-id shards and a held-out split.
+
+    elmo-dist prepare 'corpus/*.txt.gz' --out data/prepared --min-count 3 --heldout-fraction 0.01
+
+Two streaming passes keep memory flat in the corpus size: the first counts words (a bounded
+counter that prunes rare words if the number of distinct words passes `--max-types`), the second
+writes int32 shards of about `--shard-tokens` tokens. Each shard is one stream of sentences
+`<S> w1 .. wn </S> <S> ...`; a word outside the vocabulary gets a shard-local id >= len(vocab),
+whose spelling is in the shard's `.oov.txt`, so the char CNN always sees its real characters.
+The manifest is written last, atomically: a directory without `manifest.json` is incomplete.
+"""
+from __future__ import annotations
+
+import array
+import glob
+import gzip
+import json
+import os
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from elmo_dist.data.tokenize import build_tokenizer
+from elmo_dist.data.vocab import BOS_ID, EOS_ID, UNK_ID, Vocabulary
+from elmo_dist.errors import DataError
+
+MANIFEST = "manifest.json"
+FORMAT_VERSION = 1
+_CHUNK_LINES = 4096
+
+
+@dataclass
+class PrepareOptions:
+    inputs: list = field(default_factory=list)
+    out: str = "data/prepared"
+    tokenizer: str = "whitespace"
+    lowercase: bool = False
+    min_count: int = 1
+    max_size: int = 0
+    heldout_fraction: float = 0.01
+    heldout_files: list = field(default_factory=list)
+    shard_tokens: int = 10_000_000
+    max_types: int = 20_000_000
+    seed: int = 0
+
+
+@dataclass
+class Stats:
+    lines: int = 0
+    empty_lines: int = 0
+    lines_with_bad_utf8: int = 0
+    tokens: int = 0
+    sentences: int = 0
+    oov_tokens: int = 0
+
+
+def expand_inputs(patterns: list[str]) -> list[Path]:
+    """Globs and paths to a sorted, de-duplicated file list; an unmatched one is an error."""
+    files: list[Path] = []
+    for pat in patterns:
+        matches = sorted(glob.glob(os.path.expanduser(pat))) if glob.has_magic(pat) else [pat]
+        if not matches:
+            raise DataError(f"{pat}: no file matches this pattern")
+        for m in matches:
+            p = Path(m)
+            if not p.is_file():
+                raise DataError(f"{p}: input file not found")
+            if p not in files:
+                files.append(p)
+    return files
+
+
+def _open_bytes(path: Path):
+    with open(path, "rb") as f:
+        gz = f.read(2) == b"\x1f\x8b"
+    return gzip.open(path, "rb") if gz else open(path, "rb")
+
+
+def read_lines(path: Path, stats: Stats) -> Iterator[str]:
+    """Decoded, stripped, non-empty lines; bad UTF-8 is replaced and counted, empty lines counted."""
+    try:
+        with _open_bytes(path) as f:
+            for raw in f:
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError:
+                    line = raw.decode("utf-8", errors="replace")
+                    stats.lines_with_bad_utf8 += 1
+                stats.lines += 1
+                line = line.strip()
+                if not line:
+                    stats.empty_lines += 1
+                    continue
+                yield line
+    except (OSError, EOFError) as e:  # truncated gzip, unreadable file
+        raise DataError(f"{path}: cannot read ({e})") from None
+
+
+def _is_heldout(line_no: int, fraction: float, seed: int) -> bool:
+    # a fixed multiplicative hash of the line number: deterministic, stateless and well spread
+    h = ((line_no + 1) * 2654435761 + seed * 40503) & 0xFFFFFFFF
+    return h < fraction * 4294967296.0
+
+
+def iter_sentences(opts: PrepareOptions, files: list[Path], heldout: list[Path], stats: dict[str, Stats]):
+    """(split, tokens) for every non-empty line of the train and held-out inputs."""
+    tokenize = build_tokenizer(opts.tokenizer, opts.lowercase)
+    line_no = 0
+    for path in files:
+        for line in read_lines(path, stats["train"]):
+            split = "heldout" if (not heldout and _is_heldout(line_no, opts.heldout_fraction, opts.seed)) else "train"
+            line_no += 1
+            words = tokenize(line)
+            if words:
+                yield split, words
+    for path in heldout:
+        for line in read_lines(path, stats["heldout"]):
+            words = tokenize(line)
+            if words:
+                yield "heldout", words
+
+
+class BoundedCounter:
+    """A word counter whose size stays under `max_types` by dropping the rarest words when full."""
+
+    def __init__(self, max_types: int):
+        self.max_types = max_types
+        self.counts: Counter = Counter()
+        self.pruned_types = 0
+
+    def update(self, words: list[str]) -> None:
+        self.counts.update(words)
+        if len(self.counts) > self.max_types:
+            self._prune()
+
+    def _prune(self) -> None:
+        threshold = 1
+        while len(self.counts) > self.max_types // 2:
+            rare = [w for w, c in self.counts.items() if c <= threshold]
+            for w in rare:
+                del self.counts[w]
+            self.pruned_types += len(rare)
+            threshold *= 2
+
+
+class ShardWriter:
+    """Accumulates encoded sentences and writes `shard-NNNNN.npy` + `.oov.txt` files."""
+
+    def __init__(self, out_dir: Path, vocab: Vocabulary, shard_tokens: int):
+        self.dir, self.vocab, self.shard_tokens = out_dir, vocab, shard_tokens
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.shards: list[dict] = []
+        self._reset()
+
+    def _reset(self) -> None:
+        self.buf = array.array("i")
+        self.oov: dict[str, int] = {}
+
+    def add(self, words: list[str], stats: Stats) -> None:
+        get, v = self.vocab.index.get, len(self.vocab)
+        ids = [get(w, -1) for w in words]
+        if -1 in ids:
+            for j, i in enumerate(ids):
+                if i == -1:
+                    ids[j] = v + self.oov.setdefault(words[j], len(self.oov))
+                    stats.oov_tokens += 1
+        self.buf.append(BOS_ID)
+        self.buf.extend(ids)
+        self.buf.append(EOS_ID)
+        stats.tokens += len(ids)
+        stats.sentences += 1
+        if len(self.buf) >= self.shard_tokens:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.buf:
+            return
+        name = f"shard-{len(self.shards):05d}"
+        tokens = np.frombuffer(self.buf, dtype=np.int32)
+        _write_synced(self.dir / f"{name}.npy", lambda f: np.save(f, tokens))
+        _write_synced(self.dir / f"{name}.oov.txt", lambda f: f.write("".join(w + "\n" for w in self.oov).encode()))
+        self.shards.append({"file": f"{self.dir.name}/{name}.npy", "tokens": int(len(tokens)), "oov_types": len(self.oov)})
+        self._reset()
+
+
+def _write_synced(path: Path, write) -> None:
+    with open(path, "wb") as f:
+        write(f)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _count_pass(opts, files, heldout, stats, cache_paths) -> tuple[BoundedCounter, int]:
+    counter, tokens_seen = BoundedCounter(opts.max_types), 0
+    pending: list[str] = []
+    caches = {k: open(p, "w", encoding="utf-8") for k, p in cache_paths.items()} if cache_paths else None
+    for split, words in iter_sentences(opts, files, heldout, stats):
+        tokens_seen += len(words)
+        if caches is not None:
+            caches[split].write(" ".join(words) + "\n")
+        if split == "train":
+            pending.extend(words)
+            if len(pending) > _CHUNK_LINES * 32:
+                counter.update(pending)
+                pending = []
+    counter.update(pending)
+    if caches:
+        for f in caches.values():
+            f.close()
+    return counter, tokens_seen
+
+
+def _encode_pass(opts, files, heldout, vocab, out, cache_paths) -> tuple[dict, dict[str, Stats]]:
+    stats = {"train": Stats(), "heldout": Stats()}
+    writers = {s: ShardWriter(out / s, vocab, opts.shard_tokens) for s in ("train", "heldout")}
+    if cache_paths:  # raw text was tokenized once, in the first pass
+        for split, path in cache_paths.items():
+            for line in open(path, encoding="utf-8"):
+                writers[split].add(line.split(), stats[split])
+    else:
+        scratch = {"train": Stats(), "heldout": Stats()}
+        for split, words in iter_sentences(opts, files, heldout, scratch):
+            writers[split].add(words, stats[split])
+    for w in writers.values():
+        w.flush()
+    return {s: w.shards for s, w in writers.items()}, stats
+
+
+def prepare(opts: PrepareOptions, log=print) -> dict:
+    """Run both passes and write the manifest; returns the manifest dict."""
+    files = expand_inputs(opts.inputs)
+    heldout = expand_inputs(opts.heldout_files) if opts.heldout_files else []
+    if not (0.0 <= opts.heldout_fraction < 1.0):
+        raise DataError(f"--heldout-fraction must be in [0, 1), got {opts.heldout_fraction}")
+    out = Path(opts.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / MANIFEST).unlink(missing_ok=True)  # from here until the end, the directory is incomplete
+    for old in list(out.glob("train/shard-*")) + list(out.glob("heldout/shard-*")):
+        old.unlink()
+    start = time.perf_counter()
+    read_stats = {"train": Stats(), "heldout": Stats()}
+    cache = {s: out / f".tokenized-{s}.tmp" for s in ("train", "heldout")} if opts.tokenizer != "whitespace" else None
+    counter, tokens_seen = _count_pass(opts, files, heldout, read_stats, cache)
+    if not counter.counts:
+        raise DataError(f"{files[0] if len(files) == 1 else 'inputs'}: the corpus has no tokens in its training part")
+    vocab = Vocabulary.from_counts(counter.counts, opts.min_count, opts.max_size)
+    shards, stats = _encode_pass(opts, files, heldout, vocab, out, cache)
+    _fill_special_counts(vocab, counter, stats["train"])
+    vocab.save(out / "vocab.txt")
+    if cache:
+        for p in cache.values():
+            p.unlink(missing_ok=True)
+    seconds = time.perf_counter() - start
+    manifest = _manifest(opts, files, heldout, vocab, counter, read_stats, stats, shards, seconds, tokens_seen)
+    tmp = out / (MANIFEST + ".tmp")
+    _write_synced(tmp, lambda f: f.write(json.dumps(manifest, indent=2).encode()))
+    os.replace(tmp, out / MANIFEST)
+    return manifest
+
+
+def _fill_special_counts(vocab: Vocabulary, counter: BoundedCounter, train: Stats) -> None:
+    # <S> and </S> occur once per sentence; <UNK> stands for every training token outside the vocab
+    vocab.counts[BOS_ID] = vocab.counts[EOS_ID] = train.sentences
+    vocab.counts[UNK_ID] = train.oov_tokens
+
+
+def _manifest(opts, files, heldout, vocab, counter, read_stats, stats, shards, seconds, tokens_seen) -> dict:
+    rs_train, rs_held = read_stats["train"], read_stats["heldout"]
+    truncated = sum(c for w, c in counter.counts.items() if len(w.encode("utf-8")) > 48)
+    return {
+        "format_version": FORMAT_VERSION,
+        "complete": True,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "options": asdict(opts),
+        "sources": [str(p) for p in files],
+        "heldout_sources": [str(p) for p in heldout],
+        "vocab_size": len(vocab),
+        "vocab_counts_exact": counter.pruned_types == 0,
+        "pruned_types": counter.pruned_types,
+        "lines": rs_train.lines + rs_held.lines,
+        "empty_lines_skipped": rs_train.empty_lines + rs_held.empty_lines,
+        "lines_with_bad_utf8": rs_train.lines_with_bad_utf8 + rs_held.lines_with_bad_utf8,
+        "train_tokens_over_48_bytes": truncated,
+        "splits": {s: {"sentences": st.sentences, "words": st.tokens, "oov_words": st.oov_tokens,
+                       "stream_tokens": st.tokens + 2 * st.sentences, "shards": shards[s]}
+                   for s, st in stats.items()},
+        "seconds": round(seconds, 3),
+        "tokens_per_s": round(tokens_seen / max(seconds, 1e-9), 1),
+    }

@@ -1,0 +1,22 @@
+"""User-facing errors: each becomes one clear line on stderr and a non-zero exit from the CLI.
+
+Raise these (never a bare exception) for anything a user can fix: a missing file, a bad value,
+a corpus with no tokens. The CLI prints `elmo-dist: error: <message>` and exits with status 2;
+`--debug` shows the traceback as well.
+"""
+
+
+class UserError(Exception):
+    """Something the user handed us is wrong; the message names the file, line or key."""
+
+
+class ConfigError(UserError):
+    """A config file or override is invalid."""
+
+
+class DataError(UserError):
+    """A corpus, vocabulary or prepared-data directory is invalid."""
+
+
+class CheckpointError(UserError):
+    """A checkpoint can't be loaded or doesn't fit the run."""

@@ -1,0 +1,71 @@
+"""Token encoders: ELMo's char CNN -> highway -> projection, or a plain word embedding.
+
+Both map the *distinct* tokens of a batch to vectors; the biLM then gathers them into positions,
+so a token that occurs 40 times in a batch is encoded once.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from elmo_dist.data.char_ids import N_CHARS
+
+
+class Highway(nn.Module):
+    """`g * relu(W_t x + b_t) + (1 - g) * x` with `g = sigmoid(W_c x + b_c)`, b_c starting at -2.
+
+    The gate is what bilm-tf calls the carry; its -2 bias makes each layer start close to the
+    identity, which is what lets deep highway stacks train.
+    """
+
+    def __init__(self, dim: int, n_layers: int):
+        super().__init__()
+        self.carry = nn.ModuleList(nn.Linear(dim, dim) for _ in range(n_layers))
+        self.transform = nn.ModuleList(nn.Linear(dim, dim) for _ in range(n_layers))
+        for lin in self.carry:
+            nn.init.constant_(lin.bias, -2.0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for carry, transform in zip(self.carry, self.transform):
+            g = torch.sigmoid(carry(x))
+            x = g * F.relu(transform(x)) + (1 - g) * x
+        return x
+
+
+class CharCNN(nn.Module):
+    """Char embedding, one convolution per width, max-pool over positions, ReLU, highway, projection."""
+
+    def __init__(self, char_embed_dim: int, filters: list, n_highway: int, out_dim: int, max_chars: int):
+        super().__init__()
+        self.max_chars = max_chars
+        self.char_embed = nn.Embedding(N_CHARS, char_embed_dim)
+        nn.init.uniform_(self.char_embed.weight, -1.0, 1.0)
+        self.convs = nn.ModuleList(nn.Conv1d(char_embed_dim, n, kernel_size=w) for w, n in filters)
+        n_filters = sum(n for _, n in filters)
+        self.highway = Highway(n_filters, n_highway)
+        self.proj = nn.Linear(n_filters, out_dim)
+
+    def forward(self, chars: torch.Tensor, token_ids: torch.Tensor | None = None) -> torch.Tensor:
+        x = self.char_embed(chars.long()).transpose(1, 2)  # [U, dim, chars]
+        pooled = [conv(x).amax(dim=-1) for conv in self.convs]
+        h = F.relu(torch.cat(pooled, dim=-1))
+        return self.proj(self.highway(h))
+
+
+class WordEncoder(nn.Module):
+    """A word-embedding table (ids in the softmax vocabulary) and a projection to the LSTM width."""
+
+    def __init__(self, vocab_size: int, embed_dim: int, out_dim: int):
+        super().__init__()
+        self.embed = nn.Embedding(vocab_size, embed_dim)
+        self.proj = nn.Linear(embed_dim, out_dim)
+
+    def forward(self, chars: torch.Tensor | None, token_ids: torch.Tensor) -> torch.Tensor:
+        return self.proj(self.embed(token_ids))
+
+
+def build_token_encoder(cfg, vocab_size: int) -> nn.Module:
+    if cfg.encoder == "word":
+        return WordEncoder(vocab_size, cfg.word_embed_dim, cfg.projection_dim)
+    return CharCNN(cfg.char_embed_dim, cfg.filters, cfg.n_highway, cfg.projection_dim, cfg.max_chars_per_token)

@@ -1,0 +1,1 @@
+"""Pretraining machinery: the Accelerator, the training loop, checkpoints, evaluation and metrics."""

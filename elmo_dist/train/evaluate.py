@@ -1,0 +1,75 @@
+"""Held-out perplexity with the exact full softmax, and the unigram baseline beside it.
+
+Perplexity per direction is exp(total NLL / number of targets); `val_ppl` is exp of the mean of
+the two directions' mean NLL, the figure bilm-tf reports (39.7 for the original ELMo).
+`unigram_ppl` is the held-out perplexity of the add-one-smoothed training unigram distribution:
+a model that has learned anything is far below it.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from elmo_dist.data.batching import eval_batches
+from elmo_dist.data.corpus import PreparedCorpus
+from elmo_dist.data.vocab import BOS_ID, EOS_ID
+
+TENSOR_KEYS = ("token_ids", "chars", "fwd_index", "bwd_index", "fwd_targets", "bwd_targets")
+
+
+def to_device(batch: dict, device: torch.device) -> dict:
+    out = {k: torch.from_numpy(np.ascontiguousarray(batch[k])).to(device, non_blocking=True) for k in TENSOR_KEYS}
+    out["reset"] = batch["reset"]
+    return out
+
+
+def ppl_summary(nll_fwd: float, nll_bwd: float, count: float) -> dict:
+    fwd, bwd = nll_fwd / max(count, 1), nll_bwd / max(count, 1)
+    return {"val_ppl_fwd": math.exp(fwd), "val_ppl_bwd": math.exp(bwd), "val_ppl": math.exp(0.5 * (fwd + bwd))}
+
+
+@torch.no_grad()
+def evaluate_bilm(model, corpus: PreparedCorpus, data_cfg, device, reduce=None) -> dict:
+    """Exact held-out perplexities; `reduce` sums a tensor across processes (identity on one)."""
+    was_training = model.training
+    model.eval()
+    totals = torch.zeros(4, dtype=torch.float64, device=device)
+    state = None
+    for batch in eval_batches(corpus, data_cfg.eval_batch_size, data_cfg.unroll_steps, data_cfg.max_eval_tokens):
+        b = to_device(batch, device)
+        if b["reset"] or not data_cfg.stateful:
+            state = None
+        out = model(b, state, full_softmax=True)
+        state = out["state"]
+        totals += torch.stack([out["nll_fwd"], out["nll_bwd"], out["count_fwd"], out["count_bwd"]]).double()
+    if reduce is not None:
+        totals = reduce(totals)
+    model.train(was_training)
+    nll_f, nll_b, n_f, n_b = totals.tolist()
+    assert n_f == n_b, "every held-out token is predicted once in each direction"
+    return {**ppl_summary(nll_f, nll_b, n_f), "val_tokens": int(n_f)}
+
+
+def unigram_ppl(corpus: PreparedCorpus, max_tokens: int = 0) -> float:
+    """Held-out perplexity of the smoothed training unigram model, over the same targets as the biLM."""
+    counts = corpus.vocab.counts
+    if counts is None:
+        return float("nan")
+    v = len(counts)
+    stream = corpus.stream("heldout")
+    n = min(len(stream), max_tokens) if max_tokens else len(stream)
+    held = np.zeros(v, dtype=np.int64)
+    for start in range(0, n, 1 << 20):
+        held += np.bincount(corpus.softmax_ids(stream.read(start, min(n, start + (1 << 20)))), minlength=v)
+    total = 0.0
+    # forward targets are every token but <S>; backward targets every token but </S>
+    for skip, other in ((BOS_ID, EOS_ID), (EOS_ID, BOS_ID)):
+        train = counts.astype(np.float64).copy()
+        train[skip] = 0
+        logp = np.log((train + 1) / (train.sum() + v))
+        h = held.copy()
+        h[skip] = 0
+        total += -(h * logp).sum() / h.sum()
+    return math.exp(total / 2)

@@ -1,0 +1,50 @@
+"""One `log(metrics, step)` interface: TensorBoard scalars on the main process, plus console lines.
+
+    tensorboard --logdir RUN_DIR
+
+Events go to `RUN_DIR/tensorboard/`. On resume the writer purges events past the resumed step, so a
+run killed after its last checkpoint leaves no orphan points in the curves.
+"""
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+log = logging.getLogger("elmo_dist")
+
+
+def setup_logging(is_main: bool) -> None:
+    """Console output from the main process only; other ranks log warnings and worse."""
+    logging.basicConfig(level=logging.INFO if is_main else logging.WARNING, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S", force=True)
+
+
+class MetricsLogger:
+    def __init__(self, run_dir: str | Path, enabled: bool, tensorboard: bool, purge_step: int | None = None):
+        self.enabled = enabled
+        self.writer = None
+        if enabled and tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.logdir = Path(run_dir) / "tensorboard"
+            self.writer = SummaryWriter(str(self.logdir), purge_step=purge_step)
+
+    def log(self, metrics: dict, step: int) -> None:
+        if self.writer is None:
+            return
+        for name, value in metrics.items():
+            self.writer.add_scalar(name, float(value), step)
+
+    def text(self, tag: str, text: str, step: int = 0) -> None:
+        if self.writer is not None:
+            # markdown code block so that YAML indentation survives TensorBoard's renderer
+            self.writer.add_text(tag, "```\n" + text + "\n```", step)
+
+    def flush(self) -> None:
+        if self.writer is not None:
+            self.writer.flush()
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
