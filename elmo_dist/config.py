@@ -181,7 +181,8 @@ def _read_yaml(path: str | Path) -> dict:
     try:
         tree = OmegaConf.to_container(OmegaConf.load(path))
     except Exception as e:  # yaml.YAMLError and OmegaConf errors alike
-        raise ConfigError(f"{path}: not valid YAML: {str(e).splitlines()[0]}") from None
+        detail = " ".join(part.strip() for part in str(e).splitlines() if part.strip())
+        raise ConfigError(f"{path}: not valid YAML: {detail}") from None
     if tree is None:
         return {}
     if not isinstance(tree, dict):

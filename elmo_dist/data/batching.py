@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from elmo_dist.data.char_ids import PAD_CHAR
 from elmo_dist.data.corpus import PreparedCorpus
 from elmo_dist.data.vocab import BOS_ID, EOS_ID
 
@@ -60,12 +61,18 @@ def make_batch(corpus: PreparedCorpus, stream, fwd_starts: np.ndarray, bwd_start
     inverse = inverse.reshape(-1, steps)
     return {
         "token_ids": corpus.softmax_ids(uniq),
-        "chars": corpus.char_ids(uniq),
+        "chars": trim_chars(corpus.char_ids(uniq)),
         "fwd_index": inverse[: len(f_in)],
         "bwd_index": inverse[len(f_in) :] if not same else inverse,
         "fwd_targets": fwd,
         "bwd_targets": bwd,
     }
+
+
+def trim_chars(chars: np.ndarray) -> np.ndarray:
+    """Drop the all-padding char columns but one; the char CNN restores what its filters need."""
+    longest = int((chars != PAD_CHAR).sum(axis=1).max()) if len(chars) else 0
+    return np.ascontiguousarray(chars[:, : min(chars.shape[1], longest + 1)])
 
 
 class WindowBatcher:
@@ -124,7 +131,7 @@ def eval_batches(corpus: PreparedCorpus, rows: int, unroll_steps: int, max_token
                  split: str = "heldout", rank: int = 0, world_size: int = 1):
     """Every held-out token once, in `rows x world_size` lanes; lanes are padded to whole windows."""
     stream = corpus.stream(split)
-    n = min(len(stream), max_tokens) if max_tokens else len(stream)
+    n = eval_length(stream, max_tokens)
     n_lanes = rows * world_size
     lane_len = -(-n // n_lanes)
     n_windows = -(-lane_len // unroll_steps)
@@ -137,3 +144,13 @@ def eval_batches(corpus: PreparedCorpus, rows: int, unroll_steps: int, max_token
         batch = make_batch(corpus, stream, fwd, bwd, lo, hi, unroll_steps)
         batch["reset"] = w == 0
         yield batch
+
+
+def eval_length(stream, max_tokens: int = 0) -> int:
+    """Stream length to evaluate: all of it, or up to the last sentence end within max_tokens."""
+    if not max_tokens or max_tokens >= len(stream):
+        return len(stream)
+    ends = np.flatnonzero(stream.read(0, max_tokens) == EOS_ID)
+    if len(ends) == 0:
+        raise ValueError(f"data.max_eval_tokens={max_tokens} holds no complete held-out sentence")
+    return int(ends[-1]) + 1

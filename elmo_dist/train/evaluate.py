@@ -12,7 +12,7 @@ import math
 import numpy as np
 import torch
 
-from elmo_dist.data.batching import eval_batches
+from elmo_dist.data.batching import eval_batches, eval_length
 from elmo_dist.data.corpus import PreparedCorpus
 from elmo_dist.data.vocab import BOS_ID, EOS_ID
 
@@ -59,7 +59,7 @@ def unigram_ppl(corpus: PreparedCorpus, max_tokens: int = 0) -> float:
         return float("nan")
     v = len(counts)
     stream = corpus.stream("heldout")
-    n = min(len(stream), max_tokens) if max_tokens else len(stream)
+    n = eval_length(stream, max_tokens)
     held = np.zeros(v, dtype=np.int64)
     for start in range(0, n, 1 << 20):
         held += np.bincount(corpus.softmax_ids(stream.read(start, min(n, start + (1 << 20)))), minlength=v)

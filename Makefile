@@ -1,0 +1,43 @@
+# `make demo`: pretrain a small ELMo on BBC News (CPU, about 10 minutes from a fresh machine).
+# `make test`: the whole test suite.
+# Both create .venv on first use; torch==2.13.0 is installed first so pip never pulls a CUDA build
+# on a CPU machine (on a GPU machine the same pin gives the CUDA wheel).
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+DEMO_DIR ?= runs/demo
+TORCH_PIN := torch==2.13.0
+
+.PHONY: demo test venv clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+
+# stamps re-run pip only when the package metadata changes
+$(VENV)/.demo-installed: setup.cfg pyproject.toml | $(BIN)/python
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install -q $(TORCH_PIN)
+	$(BIN)/python -m pip install -q -e ".[demo]"
+	touch $@
+
+$(VENV)/.dev-installed: setup.cfg pyproject.toml | $(BIN)/python
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install -q $(TORCH_PIN)
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	touch $@ $(VENV)/.demo-installed
+
+venv: $(VENV)/.dev-installed
+
+demo: $(VENV)/.demo-installed
+	rm -rf $(DEMO_DIR)
+	$(BIN)/python -m elmo_dist.data.bbc $(DEMO_DIR)/text
+	$(BIN)/elmo-dist prepare $(DEMO_DIR)/text/train.txt --heldout $(DEMO_DIR)/text/heldout.txt \
+		--tokenizer moses --min-count 2 --out $(DEMO_DIR)/prepared
+	$(BIN)/elmo-dist pretrain configs/demo.yaml data.dir=$(DEMO_DIR)/prepared train.run_dir=$(DEMO_DIR)/pretrain
+	@echo "TensorBoard logs: $(DEMO_DIR)/pretrain/tensorboard  (tensorboard --logdir $(DEMO_DIR)/pretrain)"
+
+test: $(VENV)/.dev-installed
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest tests
+
+clean:
+	rm -rf $(VENV) runs build *.egg-info

@@ -1,0 +1,54 @@
+"""Shared test helpers: a generated corpus with learnable structure, and a CLI runner."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def write_grammar_corpus(path: Path, n_lines: int, seed: int = 0) -> Path:
+    """Sentences from a small grammar: the next word is predictable, the unigram model is not."""
+    rng = np.random.default_rng(seed)
+    subj = ["the cat", "a dog", "the old man", "my friend", "the bird", "a small child", "the teacher"]
+    verb = ["sees", "likes", "eats", "finds", "wants", "hears", "paints"]
+    obj = ["the fish", "a red ball", "the tall tree", "some bread", "the house", "a book", "the river"]
+    tail = ["today", "quickly", "again", "at night", "very slowly", "in the morning"]
+    with open(path, "w", encoding="utf-8") as f:
+        for _ in range(n_lines):
+            s = f"{subj[rng.integers(7)]} {verb[rng.integers(7)]} {obj[rng.integers(7)]}"
+            if rng.random() < 0.6:
+                s += " " + tail[rng.integers(6)]
+            f.write(s + " .\n")
+    return path
+
+
+def run_cli(*args: str, cwd: Path | None = None, check: bool = True, env: dict | None = None):
+    """Run `python -m elmo_dist ARGS` in a subprocess; returns the CompletedProcess."""
+    full_env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", **(env or {})}
+    proc = subprocess.run([sys.executable, "-m", "elmo_dist", *args], cwd=cwd, env=full_env,
+                          capture_output=True, text=True, timeout=600)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"elmo-dist {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+@pytest.fixture(scope="session")
+def grammar_corpus(tmp_path_factory) -> Path:
+    """A prepared corpus (about 60k words) shared by the integration tests."""
+    d = tmp_path_factory.mktemp("grammar")
+    write_grammar_corpus(d / "corpus.txt", 12000)
+    run_cli("prepare", str(d / "corpus.txt"), "--out", str(d / "prepared"), "--heldout-fraction", "0.05")
+    return d / "prepared"
+
+
+TINY_OVERRIDES = [
+    "model.lstm_dim=64", "model.projection_dim=32", "model.filters=[[1,8],[2,8],[3,16]]",
+    "model.n_negative_samples=16", "data.batch_size=16", "data.unroll_steps=10",
+    "data.eval_batch_size=32", "train.device=cpu", "logging.log_every=10",
+]

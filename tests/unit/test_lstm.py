@@ -1,0 +1,194 @@
+"""ProjectedLstm's two paths (nn.LSTM vs the exact clipped cell) and LstmStack's residuals."""
+import pytest
+import torch
+
+from elmo_dist.model.lstm import LstmStack, ProjectedLstm
+
+pytestmark = pytest.mark.filterwarnings("ignore:LSTM with projections is not supported with oneDNN")
+
+B, T, D, CELLS, PROJ = 3, 7, 5, 12, 4
+
+
+def pair(cell_clip=1e6, proj_clip=1e6, seed=0):
+    torch.manual_seed(seed)
+    fast = ProjectedLstm(D, CELLS, PROJ, None, None).double()
+    slow = ProjectedLstm(D, CELLS, PROJ, cell_clip, proj_clip).double()
+    slow.load_state_dict(fast.state_dict())
+    return fast, slow
+
+
+def initial_state(seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(1, B, PROJ, generator=g, dtype=torch.float64),
+            torch.randn(1, B, CELLS, generator=g, dtype=torch.float64))
+
+
+def run(module, x, state):
+    x = x.clone().requires_grad_(True)
+    st = None if state is None else tuple(s.clone().requires_grad_(True) for s in state)
+    module.zero_grad()
+    out, (h, c) = module(x, st)
+    # a loss that touches outputs and both final states with different weights
+    g = torch.Generator().manual_seed(5)
+    loss = ((out * torch.randn(out.shape, generator=g, dtype=out.dtype)).sum()
+            + (h * torch.randn(h.shape, generator=g, dtype=h.dtype)).sum()
+            + (c * torch.randn(c.shape, generator=g, dtype=c.dtype)).sum())
+    loss.backward()
+    grads = {n: p.grad.clone() for n, p in module.named_parameters()}
+    grads["x"] = x.grad
+    if st is not None:
+        grads["h0"], grads["c0"] = st[0].grad, st[1].grad
+    return out.detach(), h.detach(), c.detach(), grads
+
+
+def test_paths_are_selected_by_clipping():
+    assert not ProjectedLstm(D, CELLS, PROJ, None, None).clipped
+    assert ProjectedLstm(D, CELLS, PROJ, 3.0, None).clipped
+    assert ProjectedLstm(D, CELLS, PROJ, None, 3.0).clipped
+    m = ProjectedLstm(D, CELLS, PROJ, None, None)
+    assert {n for n, _ in m.named_parameters()} == {
+        "lstm.weight_ih_l0", "lstm.weight_hh_l0", "lstm.bias_ih_l0", "lstm.bias_hh_l0", "lstm.weight_hr_l0"}
+    assert m.lstm.weight_hr_l0.shape == (PROJ, CELLS)
+
+
+@pytest.mark.parametrize("with_state", [False, True])
+def test_fast_path_equals_clipped_cell_with_huge_clips(with_state):
+    fast, slow = pair()
+    x = torch.randn(B, T, D, dtype=torch.float64)
+    state = initial_state() if with_state else None
+    of, hf, cf, gf = run(fast, x, state)
+    os_, hs, cs, gs = run(slow, x, state)
+    assert of.shape == (B, T, PROJ)
+    assert hf.shape == (1, B, PROJ) and cf.shape == (1, B, CELLS)
+    assert torch.allclose(of, os_, atol=1e-5, rtol=0)
+    assert torch.allclose(hf, hs, atol=1e-5, rtol=0)
+    assert torch.allclose(cf, cs, atol=1e-5, rtol=0)
+    assert torch.equal(hf[0], of[:, -1])
+    assert gf.keys() == gs.keys()
+    assert len(gf) == 5 + 1 + (2 if with_state else 0)
+    for k in gf:
+        assert torch.allclose(gf[k], gs[k], atol=1e-5, rtol=0), k
+        assert gf[k].abs().sum() > 0, k
+
+
+def test_fast_and_clipped_agree_in_float32_too():
+    torch.manual_seed(3)
+    fast = ProjectedLstm(D, CELLS, PROJ, None, None)
+    slow = ProjectedLstm(D, CELLS, PROJ, 1e6, 1e6)
+    slow.load_state_dict(fast.state_dict())
+    x = torch.randn(B, T, D)
+    state = (torch.randn(1, B, PROJ), torch.randn(1, B, CELLS))
+    a, (ha, ca) = fast(x, state)
+    b, (hb, cb) = slow(x, state)
+    assert torch.allclose(a, b, atol=1e-5) and torch.allclose(ca, cb, atol=1e-5)
+
+
+def test_state_carries_over_between_windows():
+    """Two windows run with the carried state equal one window of twice the length (both paths)."""
+    for clip in (None, 1e6):
+        torch.manual_seed(0)
+        m = ProjectedLstm(D, CELLS, PROJ, clip, clip).double()
+        x = torch.randn(B, 2 * T, D, dtype=torch.float64)
+        whole, (h, c) = m(x)
+        first, s = m(x[:, :T])
+        second, (h2, c2) = m(x[:, T:], s)
+        assert torch.allclose(torch.cat([first, second], 1), whole, atol=1e-10)
+        assert torch.allclose(h2, h, atol=1e-10) and torch.allclose(c2, c, atol=1e-10)
+
+
+def scaled_pair(cell_clip, proj_clip):
+    fast, slow = pair(cell_clip, proj_clip, seed=2)
+    # larger weights than the default init, so that the clips are reached
+    with torch.no_grad():
+        for m in (fast, slow):
+            m.lstm.weight_ih_l0.mul_(8)
+            m.lstm.bias_ih_l0.add_(1.5)  # positive forget/input gates: cells grow beyond 1
+            m.lstm.weight_hr_l0.mul_(6)
+    return fast, slow
+
+
+def test_small_clips_really_clip():
+    fast, slow = scaled_pair(cell_clip=0.5, proj_clip=0.3)
+    x = torch.randn(B, T, D, dtype=torch.float64)
+    out_f, (hf, cf) = fast(x)
+    out_s, (hs, cs) = slow(x)
+    # unclipped, the values go beyond the clips
+    assert cf.abs().max() > 0.5 and out_f.abs().max() > 0.3
+    assert cs.abs().max() <= 0.5
+    assert out_s.abs().max() <= 0.3 and hs.abs().max() <= 0.3
+    # and the clips are reached, not just respected by chance
+    assert torch.isclose(cs.abs().max(), torch.tensor(0.5, dtype=torch.float64))
+    assert torch.isclose(out_s.abs().max(), torch.tensor(0.3, dtype=torch.float64))
+    assert not torch.allclose(out_f, out_s, atol=1e-3)
+
+
+def test_cell_clip_alone_and_proj_clip_alone():
+    x = torch.randn(B, T, D, dtype=torch.float64)
+    fast, cell_only = scaled_pair(cell_clip=0.5, proj_clip=None)
+    _, (_, c) = cell_only(x)
+    assert c.abs().max() <= 0.5
+    out_f, _ = fast(x)
+    out_c, _ = cell_only(x)
+    assert not torch.allclose(out_f, out_c, atol=1e-3)
+    _, proj_only = scaled_pair(cell_clip=None, proj_clip=0.3)
+    out_p, (h, c) = proj_only(x)
+    assert out_p.abs().max() <= 0.3
+    assert c.abs().max() > 0.5  # the cell is free
+
+
+def test_clipped_gradient_is_zero_beyond_the_clip():
+    _, slow = scaled_pair(cell_clip=None, proj_clip=1e-3)
+    x = torch.randn(B, 1, D, dtype=torch.float64)
+    out, _ = slow(x)
+    out.sum().backward()
+    # every projection output of a single step is saturated -> no gradient reaches the projection
+    assert (out.abs() == 1e-3).all()
+    assert slow.lstm.weight_hr_l0.grad.abs().max() == 0
+
+
+def stack(residual, n_layers=3, seed=0, clip=None):
+    torch.manual_seed(seed)
+    return LstmStack(D, CELLS, n_layers, clip, clip, residual=residual, dropout=0.5).double().eval()
+
+
+@pytest.mark.parametrize("clip", [None, 3.0])
+def test_residual_stack(clip):
+    s = stack(True, clip=clip)
+    x = torch.randn(B, T, D, dtype=torch.float64)
+    outs, states = s(x)
+    assert len(outs) == len(states) == 3
+    l1, _ = s.layers[0](x)
+    assert torch.allclose(outs[0], l1, atol=1e-12)  # no residual around the first layer
+    l2, _ = s.layers[1](outs[0])
+    assert torch.allclose(outs[1], l2 + outs[0], atol=1e-12)
+    l3, _ = s.layers[2](outs[1])
+    assert torch.allclose(outs[2], l3 + outs[1], atol=1e-12)
+    assert not torch.allclose(outs[1], l2, atol=1e-3)
+
+
+def test_stack_without_residual():
+    s = stack(False)
+    x = torch.randn(B, T, D, dtype=torch.float64)
+    outs, _ = s(x)
+    l2, _ = s.layers[1](outs[0])
+    assert torch.allclose(outs[1], l2, atol=1e-12)
+
+
+def test_stack_state_per_layer():
+    s = stack(True)
+    x = torch.randn(B, 2 * T, D, dtype=torch.float64)
+    whole, _ = s(x)
+    first, st = s(x[:, :T])
+    second, _ = s(x[:, T:], st)
+    for w, a, b in zip(whole, first, second):
+        assert torch.allclose(torch.cat([a, b], 1), w, atol=1e-10)
+
+
+def test_stack_dropout_only_in_training():
+    s = stack(True)
+    x = torch.randn(B, T, D, dtype=torch.float64)
+    eval_out, _ = s(x)
+    s.train()
+    torch.manual_seed(0)
+    train_out, _ = s(x)
+    assert not torch.allclose(eval_out[-1], train_out[-1], atol=1e-3)

@@ -1,0 +1,178 @@
+"""SharedSoftmax: sampled vs full, unbiasedness of the sampled partition function, the
+log-uniform sampler's distribution, and the adaptive softmax as a proper distribution."""
+import math
+
+import pytest
+import torch
+
+from elmo_dist.model.softmax import SharedSoftmax, log_uniform_log_q
+
+CPU = torch.device("cpu")
+
+
+def make(kind="sampled", v=50, dim=8, n_samples=20, seed=0, scale=1.0, cutoffs=None):
+    torch.manual_seed(seed)
+    sm = SharedSoftmax(kind, v, dim, n_samples, cutoffs)
+    if kind != "adaptive":
+        with torch.no_grad():
+            sm.weight.mul_(scale)
+            sm.bias.copy_(torch.randn(v) * 0.5)
+    return sm
+
+
+def q_exact(k, v):
+    return math.log((k + 2) / (k + 1)) / math.log(v + 1)
+
+
+@pytest.mark.parametrize("n_samples", [50, 51, 500])
+def test_sampled_equals_full_when_samples_cover_the_vocab(n_samples):
+    sm = make(v=50, n_samples=n_samples)
+    h = torch.randn(17, 8)
+    t = torch.randint(0, 50, (17,))
+    ids, log_count = sm.sample(CPU)
+    assert ids.tolist() == list(range(50))
+    assert torch.equal(log_count, torch.zeros(50))
+    full = sm.full_nll(h, t)
+    assert torch.allclose(sm.train_nll(h, t, (ids, log_count)), full, atol=1e-5, rtol=0)
+    want = torch.nn.functional.cross_entropy(h @ sm.weight.t() + sm.bias, t, reduction="none")
+    assert torch.allclose(full, want, atol=1e-5)
+
+
+def test_full_kind_trains_on_the_full_softmax():
+    sm = make("full")
+    h, t = torch.randn(9, 8), torch.randint(0, 50, (9,))
+    assert torch.equal(sm.train_nll(h, t), sm.full_nll(h, t))
+
+
+def test_full_nll_chunks_agree():
+    sm = make("full")
+    h, t = torch.randn(11, 8), torch.randint(0, 50, (11,))
+    assert torch.allclose(sm.full_nll(h, t, chunk=3), sm.full_nll(h, t), atol=1e-6)
+    assert sm.full_nll(h[:0], t[:0]).shape == (0,)
+
+
+def test_sampled_loss_by_hand_with_accidental_hits_removed():
+    sm = make(v=50, n_samples=6)
+    h = torch.randn(2, 8)
+    t = torch.tensor([3, 7])
+    ids = torch.tensor([0, 3, 3, 12, 7, 40])
+    log_count = torch.tensor([0.1, -0.2, -0.2, 0.3, 0.0, 1.5])
+    logits = h @ sm.weight.t() + sm.bias
+    got = sm.train_nll(h, t, (ids, log_count))
+    for r in range(2):
+        neg = [logits[r, k] - lc for k, lc in zip(ids.tolist(), log_count) if k != t[r].item()]
+        assert len(neg) == (4 if r == 0 else 5)
+        want = torch.logsumexp(torch.stack([logits[r, t[r]]] + neg), 0) - logits[r, t[r]]
+        assert torch.allclose(got[r], want, atol=1e-5)
+
+
+def test_log_count_is_log_n_samples_times_q():
+    sm = make(v=1000, n_samples=64)
+    torch.manual_seed(1)
+    ids, log_count = sm.sample(CPU)
+    assert ids.shape == log_count.shape == (64,)
+    assert ids.dtype == torch.int64
+    want = torch.tensor([math.log(64 * q_exact(k, 1000)) for k in ids.tolist()])
+    assert torch.allclose(log_count, want, atol=1e-5)
+    assert torch.allclose(log_uniform_log_q(torch.tensor([0, 1, 998, 999]), 1000).exp(),
+                          torch.tensor([q_exact(k, 1000) for k in (0, 1, 998, 999)]), rtol=1e-5)
+
+
+def test_q_sums_to_one():
+    for v in (10, 1000, 793471):
+        q = log_uniform_log_q(torch.arange(v), v).double().exp()
+        assert abs(q.sum().item() - 1) < 1e-4
+
+
+def test_log_uniform_sampler_frequencies():
+    v, s, calls = 1000, 1000, 200
+    sm = make(v=v, n_samples=s)
+    torch.manual_seed(123)
+    ids = torch.cat([sm.sample(CPU)[0] for _ in range(calls)])
+    n = ids.numel()
+    assert ids.min() >= 0 and ids.max() <= v - 1
+    counts = torch.bincount(ids, minlength=v).double()
+    # bins: ids 0..19 one each, then [20, 100), [100, 500), [500, 1000)
+    edges = list(range(21)) + [100, 500, v]
+    obs, exp = [], []
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        obs.append(counts[lo:hi].sum().item())
+        exp.append(n * sum(q_exact(k, v) for k in range(lo, hi)))
+    chi2 = sum((o - e) ** 2 / e for o, e in zip(obs, exp))
+    assert chi2 < 60  # 22 degrees of freedom: p < 1e-5 beyond 60
+    for k in range(5):
+        assert abs(counts[k].item() / n - q_exact(k, v)) / q_exact(k, v) < 0.05
+    # a wrong sampler (uniform) fails the same test by a mile
+    uni = torch.bincount(torch.randint(0, v, (n,)), minlength=v).double()
+    chi2_uni = sum((uni[lo:hi].sum().item() - e) ** 2 / e for (lo, hi), e in zip(zip(edges[:-1], edges[1:]), exp))
+    assert chi2_uni > 1000
+
+
+def partition_estimates(sm, h, t, draws):
+    """Per draw: exp(true logit) + sum_k exp(logit_k - log(n q_k)) over negatives k != target."""
+    logits = (h @ sm.weight.t() + sm.bias).double()
+    true = logits.gather(1, t[:, None]).squeeze(1)
+    out = []
+    for _ in range(draws):
+        ids, log_count = sm.sample(CPU)
+        neg = logits[:, ids] - log_count.double()
+        neg = neg.masked_fill(ids[None, :] == t[:, None], float("-inf"))
+        z_hat = true.exp() + neg.exp().sum(1)
+        # train_nll is log(z_hat) - true logit, for the very same negatives
+        assert torch.allclose(sm.train_nll(h, t, (ids, log_count)).double(), z_hat.log() - true, atol=1e-4)
+        out.append(z_hat)
+    return torch.stack(out), logits.exp().sum(1)
+
+
+def test_sampled_partition_function_is_unbiased():
+    sm = make(v=50, dim=8, n_samples=20)
+    g = torch.Generator().manual_seed(7)
+    h = torch.randn(4, 8, generator=g)
+    t = torch.tensor([0, 5, 23, 49])  # frequent, middle and rarest targets
+    torch.manual_seed(2024)
+    with torch.no_grad():
+        z_hat, z = partition_estimates(sm, h, t, 2000)
+    rel = (z_hat.mean(0) / z - 1).abs()
+    assert (rel < 0.03).all(), rel
+    # the estimate really varies from draw to draw (it is a sample, not the exact sum)
+    assert (z_hat.std(0) / z > 0.02).all()
+
+
+def test_uncorrected_or_hit_keeping_estimates_are_biased():
+    """The two details that make the estimate unbiased both matter (sanity check of the test above)."""
+    sm = make(v=50, dim=8, n_samples=20)
+    h = torch.randn(4, 8, generator=torch.Generator().manual_seed(7))
+    t = torch.tensor([0, 5, 23, 49])
+    logits = (h @ sm.weight.t() + sm.bias).double()
+    z = logits.exp().sum(1)
+    true = logits.gather(1, t[:, None]).squeeze(1)
+    torch.manual_seed(2024)
+    no_corr, with_hits = torch.zeros(4, dtype=torch.float64), torch.zeros(4, dtype=torch.float64)
+    for _ in range(500):
+        ids, log_count = sm.sample(CPU)
+        no_corr += true.exp() + logits[:, ids].exp().masked_fill(ids[None] == t[:, None], 0).sum(1)
+        with_hits += true.exp() + (logits[:, ids] - log_count.double()).exp().sum(1)
+    assert ((no_corr / 500 / z - 1).abs() > 0.1).any()
+    assert (with_hits / 500 / z - 1)[0] > 0.05  # target 0 is sampled most often
+
+
+@pytest.mark.parametrize("v, cutoffs", [(50, [10, 30]), (50, [2000, 10000]), (120, [20, 60, 100])])
+def test_adaptive_log_prob_is_a_distribution(v, cutoffs):
+    sm = make("adaptive", v=v, dim=8, cutoffs=cutoffs)
+    h = torch.randn(13, 8)
+    logp = sm.adaptive.log_prob(h)
+    assert logp.shape == (13, v)
+    assert torch.allclose(logp.exp().sum(1), torch.ones(13), atol=1e-5)
+    t = torch.randint(0, v, (13,))
+    nll = sm.full_nll(h, t)
+    assert torch.allclose(nll, -logp[torch.arange(13), t], atol=1e-6)
+    assert (nll > 0).all()
+    # training on the adaptive softmax is exact: the same NLL
+    assert torch.allclose(sm.train_nll(h, t), nll, atol=1e-5)
+
+
+def test_adaptive_cutoffs_beyond_the_vocab_fall_back_to_half():
+    sm = make("adaptive", v=50, cutoffs=[2000, 10000])
+    assert sm.adaptive.cutoffs == [25, 50]
+    sm = make("adaptive", v=50, cutoffs=[10, 49, 60])
+    assert sm.adaptive.cutoffs == [10, 50]
