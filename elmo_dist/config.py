@@ -151,17 +151,34 @@ def valid_keys(cls: type = Config, prefix: str = "") -> list[str]:
     return keys
 
 
-def _check_keys(tree: dict, source: str, prefix: str = "") -> None:
-    allowed = valid_keys()
-    sections = {k.split(".")[0] for k in allowed}
+def _leaf_keys(tree: dict, source: str, prefix: str = "") -> list[str]:
+    """Dotted leaf keys of a user tree; a known section must be a mapping (or empty)."""
+    sections = {k.split(".")[0] for k in valid_keys()}
+    keys = []
     for key, value in tree.items():
         full = prefix + str(key)
-        if isinstance(value, dict) and full in sections:
-            _check_keys(value, source, full + ".")
-        elif full not in allowed:
-            close = difflib.get_close_matches(full, allowed + sorted(sections), n=1, cutoff=0.5)
-            hint = f"; did you mean '{close[0]}'?" if close else f"; valid sections: {', '.join(sorted(sections))}"
+        if not prefix and full in sections and not isinstance(value, dict):
+            if value is not None:
+                raise ConfigError(f"{source}: config section '{full}' must be a mapping of keys, got {value!r}")
+        elif isinstance(value, dict):
+            keys.extend(_leaf_keys(value, source, full + "."))
+        else:
+            keys.append(full)
+    return keys
+
+
+def _check_keys(tree: dict, source: str) -> None:
+    allowed = valid_keys()
+    for full in _leaf_keys(tree, source):
+        if full not in allowed:
+            close = difflib.get_close_matches(full, allowed, n=1, cutoff=0.5)
+            sections = sorted({k.split(".")[0] for k in allowed})
+            hint = f"; did you mean '{close[0]}'?" if close else f"; valid sections: {', '.join(sections)}"
             raise ConfigError(f"{source}: unknown config key '{full}'{hint}")
+
+
+def _drop_empty_sections(tree: dict) -> dict:
+    return {k: v for k, v in tree.items() if v is not None}
 
 
 def _parse_overrides(overrides: list[str]) -> dict:
@@ -187,7 +204,8 @@ def _read_yaml(path: str | Path) -> dict:
         return {}
     if not isinstance(tree, dict):
         raise ConfigError(f"{path}: expected a mapping of config sections, got {type(tree).__name__}")
-    return tree
+    _check_keys(tree, str(path))
+    return _drop_empty_sections(tree)
 
 
 def config_from_tree(tree: dict, source: str = "config") -> Config:
@@ -213,8 +231,8 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
     tree = _read_yaml(path) if path else {}
     over = _parse_overrides(list(overrides))
     source = str(path) if path else "overrides"
-    _check_keys(tree, source)
     _check_keys(over, "overrides")
+    over = _drop_empty_sections(over)
     merged = OmegaConf.to_container(OmegaConf.merge(tree, over))
     return config_from_tree(merged, source)
 

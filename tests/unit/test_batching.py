@@ -9,8 +9,8 @@ import random
 import numpy as np
 import pytest
 
-from elmo_dist.data.batching import IGNORE, WindowBatcher, eval_batches
-from elmo_dist.data.char_ids import token_char_ids
+from elmo_dist.data.batching import IGNORE, WindowBatcher, eval_batches, trim_chars
+from elmo_dist.data.char_ids import PAD_CHAR, char_id_table, token_char_ids
 from elmo_dist.data.corpus import PreparedCorpus
 from elmo_dist.data.prepare import PrepareOptions, prepare
 from elmo_dist.data.vocab import BOS_ID, EOS_ID, UNK_ID
@@ -62,9 +62,16 @@ def stream_words(corpus, stream):
     return [corpus.word(int(g)) for g in stream.read(0, len(stream))]
 
 
+def full_chars(batch):
+    """The batch's (trimmed) char table padded back to the full 50 columns."""
+    chars = batch["chars"]
+    pad = np.full((len(chars), 50 - chars.shape[1]), PAD_CHAR, dtype=chars.dtype)
+    return np.concatenate([chars, pad], axis=1)
+
+
 def decoded(batch, key):
     """The char ids each position of a window feeds the char CNN: [rows, steps, 50]."""
-    return batch["chars"][batch[key]]
+    return full_chars(batch)[batch[key]]
 
 
 def steps_per_epoch(corpus, seed, rows=ROWS, steps=STEPS, epoch=0):
@@ -141,10 +148,14 @@ def test_batch_shapes_and_every_row_full(corpus):
     for batch in take(b, 30):
         for key in ("fwd_index", "bwd_index", "fwd_targets", "bwd_targets"):
             assert batch[key].shape == (ROWS, STEPS)
-        assert batch["chars"].shape == (len(batch["token_ids"]), 50)
+        assert batch["chars"].shape[0] == len(batch["token_ids"])
         assert batch["chars"].dtype == np.int16
         # distinct tokens only
         assert len(np.unique(batch["chars"], axis=0)) == len(batch["chars"])
+        # trimmed to the longest token (BOW + bytes + EOW) plus one padding column
+        longest = (batch["chars"] != PAD_CHAR).sum(1).max()
+        assert batch["chars"].shape[1] == min(50, longest + 1)
+        assert (batch["chars"][:, -1] == PAD_CHAR).all() or batch["chars"].shape[1] == 50
         # no padding anywhere in a training window: every input is a real token
         assert batch["fwd_index"].max() < len(batch["chars"])
         fwd_chars = decoded(batch, "fwd_index")
@@ -152,6 +163,19 @@ def test_batch_shapes_and_every_row_full(corpus):
         # a row is only without targets if it is all </S>, which never happens
         assert ((batch["fwd_targets"] != IGNORE).sum(1) > 0).all()
         assert ((batch["bwd_targets"] != IGNORE).sum(1) > 0).all()
+
+
+def test_trim_chars_keeps_one_padding_column():
+    table = char_id_table(["<S>", "ab", "abcd"])
+    trimmed = trim_chars(table)
+    assert trimmed.shape == (3, 7)  # 'abcd' is 6 ids (258 a b c d 259), plus one padding column
+    assert trimmed.tolist() == table[:, :7].tolist()
+    assert trimmed.flags["C_CONTIGUOUS"]
+    assert trim_chars(char_id_table(["<S>", "</S>"])).shape == (2, 4)
+    # a token of 48 bytes or more keeps all 50 columns (no padding column exists)
+    assert trim_chars(char_id_table(["a", "x" * 48])).shape == (2, 50)
+    assert trim_chars(char_id_table(["a", "x" * 47])).shape == (2, 50)
+    assert trim_chars(char_id_table(["a", "x" * 46])).shape == (2, 49)
 
 
 def test_windows_read_the_stream_with_next_and_previous_token_targets(corpus):
@@ -253,7 +277,7 @@ def test_oov_words_have_unk_targets_but_real_characters(corpus):
                     assert batch["bwd_targets"][r, j + 1] == UNK_ID
                 seen += 1
         # <UNK>'s own spelling never reaches the char CNN: no OOV word is stored as "<UNK>"
-        assert not (batch["chars"] == np.array(UNK_CHARS)).all(-1).any()
+        assert not (full_chars(batch) == np.array(UNK_CHARS)).all(-1).any()
     assert seen >= 5
 
 
@@ -273,13 +297,15 @@ def test_same_seed_same_batches_different_seed_different(corpus):
 
 def test_epochs_move_window_edges_and_shard_order(corpus):
     b = WindowBatcher(corpus, ROWS, STEPS, seed=9)
-    layouts = set()
-    for _ in range(6):
+    offsets, orders = set(), set()
+    for _ in range(8):
         b.next_batch()
         assert 0 <= b.lane_starts[0] < STEPS  # a seeded offset below unroll_steps
-        layouts.add((int(b.lane_starts[0]), tuple(s.oov_base for s in b.stream.shards)))
+        offsets.add(int(b.lane_starts[0]))
+        orders.add(tuple(s.oov_base for s in b.stream.shards))
         b.load_state_dict({"epoch": b.epoch + 1, "step": 0})
-    assert len(layouts) >= 3
+    assert len(offsets) >= 3
+    assert len(orders) >= 3
 
 
 @pytest.mark.parametrize("k", [0, 1, 5, "end-2", "end", "end+3"])
@@ -422,6 +448,32 @@ def test_eval_predicts_every_heldout_token_once_per_direction(corpus, manifest, 
     assert sorted(b_targets) == sorted(ids[gids != EOS_ID].tolist())
 
 
+@pytest.mark.parametrize("rows, steps", [(3, 5), (4, 16)])
+def test_eval_padding_is_read_last_in_each_direction(corpus, rows, steps):
+    """Lanes are equal, contiguous pieces of the split, padded to whole windows: forward windows
+    start at the lane's start (padding on the right), backward windows end at the lane's end
+    (padding on the left), so neither LSTM reads padding before a real token."""
+    stream = corpus.stream("heldout")
+    n = len(stream)
+    words = [token_char_ids(corpus.word(int(g))).tolist() for g in stream.read(0, n)]
+    lane_len = -(-n // rows)
+    batches = list(eval_batches(corpus, rows, steps))
+    assert len(batches) * steps >= lane_len > (len(batches) - 1) * steps
+    assert len(batches) * steps > lane_len  # these sizes do leave padding
+    for r in range(rows):
+        lo, hi = min(r * lane_len, n), min((r + 1) * lane_len, n)
+        lane = words[lo:hi]
+        fwd = np.concatenate([decoded(b, "fwd_index")[r] for b in batches]).tolist()
+        bwd = np.concatenate([decoded(b, "bwd_index")[r] for b in reversed(batches)]).tolist()
+        assert fwd[: hi - lo] == lane
+        assert bwd[len(bwd) - (hi - lo):] == lane
+        # no target is taken from a padding position
+        f_t = np.concatenate([b["fwd_targets"][r] for b in batches])
+        b_t = np.concatenate([b["bwd_targets"][r] for b in reversed(batches)])
+        assert (f_t[hi - lo:] == IGNORE).all()
+        assert (b_t[: len(b_t) - (hi - lo)] == IGNORE).all()
+
+
 def test_eval_across_two_ranks_covers_the_split_once(corpus, manifest):
     held = manifest["splits"]["heldout"]
     total = 0
@@ -431,8 +483,28 @@ def test_eval_across_two_ranks_covers_the_split_once(corpus, manifest):
     assert total == held["words"] + held["sentences"]
 
 
-def test_eval_max_tokens_limits_the_inputs(corpus):
-    batches = list(eval_batches(corpus, 2, 5, max_tokens=40))
-    n_inputs = sum(int((b["fwd_targets"] != IGNORE).sum()) for b in batches)
-    assert 30 <= n_inputs <= 40
-    assert len(batches) == 4  # 20 tokens per lane in windows of 5
+@pytest.mark.parametrize("max_tokens", [40, 100])
+def test_eval_max_tokens_stops_at_the_last_whole_sentence(corpus, max_tokens):
+    stream = corpus.stream("heldout")
+    head = stream.read(0, max_tokens)
+    n = int(np.flatnonzero(head == EOS_ID)[-1]) + 1
+    assert n < max_tokens or head[-1] == EOS_ID
+    n_sentences = int((head[:n] == BOS_ID).sum())
+    assert n_sentences >= 1
+    batches = list(eval_batches(corpus, 2, 5, max_tokens=max_tokens))
+    f = sum(int((b["fwd_targets"] != IGNORE).sum()) for b in batches)
+    bw = sum(int((b["bwd_targets"] != IGNORE).sum()) for b in batches)
+    assert f == bw == n - n_sentences  # words + sentences of the whole sentences kept
+    assert len(batches) == -(-(-(-n // 2)) // 5)
+
+
+def test_eval_max_tokens_beyond_the_split_is_everything(corpus, manifest):
+    held = manifest["splits"]["heldout"]
+    batches = eval_batches(corpus, 2, 5, max_tokens=10 ** 9)
+    assert sum(int((b["fwd_targets"] != IGNORE).sum()) for b in batches) == held["words"] + held["sentences"]
+
+
+def test_eval_max_tokens_without_a_whole_sentence(corpus):
+    first_len = int(np.flatnonzero(corpus.stream("heldout").read(0, 50) == EOS_ID)[0]) + 1
+    with pytest.raises(ValueError, match="no complete held-out sentence"):
+        list(eval_batches(corpus, 2, 5, max_tokens=first_len - 1))

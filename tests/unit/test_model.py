@@ -212,6 +212,19 @@ def test_char_encoder_distinguishes_oov_words():
     assert not torch.allclose(vec[-1], vec[-2])
 
 
+@pytest.mark.parametrize("filters", [[[1, 4], [2, 4], [3, 8]], [[1, 4], [7, 6]], [[5, 3]]])
+def test_char_cnn_on_trimmed_chars_equals_full_width(filters):
+    """The batcher trims all-padding char columns; the char CNN must give exactly the same vectors."""
+    from elmo_dist.data.batching import trim_chars
+    torch.manual_seed(0)
+    enc = build_bilm(tiny_cfg(filters=filters, n_highway=1), V).token_encoder.eval()
+    for words in (WORDS, ["<S>", "</S>"], ["a", "bb", "ccc"], ["x" * 46, "y"], ["z" * 60, "<S>"], ["日本語" * 5, "é"]):
+        full = torch.from_numpy(char_id_table(words, 50))
+        trimmed = torch.from_numpy(trim_chars(char_id_table(words, 50)))
+        assert trimmed.shape[1] <= 50
+        assert torch.allclose(enc(trimmed), enc(full), atol=1e-6), words
+
+
 def test_char_cnn_parameter_shapes():
     model = build_bilm(tiny_cfg(n_highway=2), V)
     enc = model.token_encoder

@@ -85,7 +85,7 @@ def test_q_sums_to_one():
 
 
 def test_log_uniform_sampler_frequencies():
-    v, s, calls = 1000, 1000, 200
+    v, s, calls = 1000, 500, 200
     sm = make(v=v, n_samples=s)
     torch.manual_seed(123)
     ids = torch.cat([sm.sample(CPU)[0] for _ in range(calls)])
@@ -119,13 +119,16 @@ def partition_estimates(sm, h, t, draws):
         neg = neg.masked_fill(ids[None, :] == t[:, None], float("-inf"))
         z_hat = true.exp() + neg.exp().sum(1)
         # train_nll is log(z_hat) - true logit, for the very same negatives
-        assert torch.allclose(sm.train_nll(h, t, (ids, log_count)).double(), z_hat.log() - true, atol=1e-4)
+        if len(out) < 20:
+            assert torch.allclose(sm.train_nll(h, t, (ids, log_count)).double(), z_hat.log() - true, atol=1e-4)
         out.append(z_hat)
     return torch.stack(out), logits.exp().sum(1)
 
 
 def test_sampled_partition_function_is_unbiased():
-    sm = make(v=50, dim=8, n_samples=20)
+    # 40 negatives from 50 words: a real sample (with repeats and misses), std ~0.3 Z per draw,
+    # so the mean of 2000 draws is within ~1% of Z; 3% is a > 4 sigma bound
+    sm = make(v=50, dim=8, n_samples=40)
     g = torch.Generator().manual_seed(7)
     h = torch.randn(4, 8, generator=g)
     t = torch.tensor([0, 5, 23, 49])  # frequent, middle and rarest targets
@@ -138,8 +141,8 @@ def test_sampled_partition_function_is_unbiased():
     assert (z_hat.std(0) / z > 0.02).all()
 
 
-def test_uncorrected_or_hit_keeping_estimates_are_biased():
-    """The two details that make the estimate unbiased both matter (sanity check of the test above)."""
+def test_uncorrected_estimate_is_biased():
+    """Without the -log(n q) correction the same average is far off (the test above can fail)."""
     sm = make(v=50, dim=8, n_samples=20)
     h = torch.randn(4, 8, generator=torch.Generator().manual_seed(7))
     t = torch.tensor([0, 5, 23, 49])
@@ -147,19 +150,17 @@ def test_uncorrected_or_hit_keeping_estimates_are_biased():
     z = logits.exp().sum(1)
     true = logits.gather(1, t[:, None]).squeeze(1)
     torch.manual_seed(2024)
-    no_corr, with_hits = torch.zeros(4, dtype=torch.float64), torch.zeros(4, dtype=torch.float64)
-    for _ in range(500):
-        ids, log_count = sm.sample(CPU)
+    no_corr = torch.zeros(4, dtype=torch.float64)
+    for _ in range(300):
+        ids, _ = sm.sample(CPU)
         no_corr += true.exp() + logits[:, ids].exp().masked_fill(ids[None] == t[:, None], 0).sum(1)
-        with_hits += true.exp() + (logits[:, ids] - log_count.double()).exp().sum(1)
-    assert ((no_corr / 500 / z - 1).abs() > 0.1).any()
-    assert (with_hits / 500 / z - 1)[0] > 0.05  # target 0 is sampled most often
+    assert ((no_corr / 300 / z - 1).abs() > 0.1).all()
 
 
 @pytest.mark.parametrize("v, cutoffs", [(50, [10, 30]), (50, [2000, 10000]), (120, [20, 60, 100])])
 def test_adaptive_log_prob_is_a_distribution(v, cutoffs):
-    sm = make("adaptive", v=v, dim=8, cutoffs=cutoffs)
-    h = torch.randn(13, 8)
+    sm = make("adaptive", v=v, dim=64, cutoffs=cutoffs)
+    h = torch.randn(13, 64)
     logp = sm.adaptive.log_prob(h)
     assert logp.shape == (13, v)
     assert torch.allclose(logp.exp().sum(1), torch.ones(13), atol=1e-5)
@@ -172,7 +173,7 @@ def test_adaptive_log_prob_is_a_distribution(v, cutoffs):
 
 
 def test_adaptive_cutoffs_beyond_the_vocab_fall_back_to_half():
-    sm = make("adaptive", v=50, cutoffs=[2000, 10000])
+    sm = make("adaptive", v=50, dim=32, cutoffs=[2000, 10000])
     assert sm.adaptive.cutoffs == [25, 50]
-    sm = make("adaptive", v=50, cutoffs=[10, 49, 60])
+    sm = make("adaptive", v=50, dim=32, cutoffs=[10, 49, 60])
     assert sm.adaptive.cutoffs == [10, 50]
