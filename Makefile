@@ -1,4 +1,5 @@
-# `make demo`: pretrain a small ELMo on BBC News (CPU, about 10 minutes from a fresh machine).
+# `make demo`: pretrain a small ELMo on BBC News, then compare the classifier variants on its topics
+# (CPU, about 10 minutes from a fresh machine).
 # `make test`: the whole test suite.
 # Both create .venv on first use; torch==2.13.0 is installed first so pip never pulls a CUDA build
 # on a CPU machine (on a GPU machine the same pin gives the CUDA wheel).
@@ -34,7 +35,10 @@ demo: $(VENV)/.demo-installed
 	$(BIN)/elmo-dist prepare $(DEMO_DIR)/text/train.txt --heldout $(DEMO_DIR)/text/heldout.txt \
 		--tokenizer moses --min-count 2 --out $(DEMO_DIR)/prepared
 	$(BIN)/elmo-dist pretrain configs/demo.yaml data.dir=$(DEMO_DIR)/prepared train.run_dir=$(DEMO_DIR)/pretrain
-	@echo "TensorBoard logs: $(DEMO_DIR)/pretrain/tensorboard  (tensorboard --logdir $(DEMO_DIR)/pretrain)"
+	$(BIN)/elmo-dist finetune configs/finetune_demo.yaml bilm.path=$(DEMO_DIR)/pretrain \
+		data.train=$(DEMO_DIR)/text/classify/train data.test=$(DEMO_DIR)/text/classify/test \
+		train.run_dir=$(DEMO_DIR)/finetune
+	@echo "TensorBoard logs: $(DEMO_DIR)  (tensorboard --logdir $(DEMO_DIR))"
 
 test: $(VENV)/.dev-installed
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest tests

@@ -3,6 +3,8 @@
     elmo-dist prepare 'corpus/*.txt' --out data/prepared [--tokenizer moses]
     elmo-dist pretrain configs/debug.yaml [key=value ...]
     elmo-dist evaluate runs/debug [key=value ...]
+    elmo-dist finetune configs/finetune.yaml [key=value ...]
+    elmo-dist embed runs/debug sentences.txt out.hdf5
 
 A mistake a user can fix (a missing file, a bad key, a broken checkpoint) prints one line,
 `elmo-dist: error: ...`, and exits with status 2; `--debug` adds the traceback.
@@ -52,6 +54,20 @@ def _add_run_parsers(sub) -> None:
     e.add_argument("checkpoint", help="a run directory (its newest checkpoint) or a checkpoints/step-N directory")
     e.add_argument("overrides", nargs="*", help="dotted overrides, e.g. data.dir=other/prepared")
     e.add_argument("--out", help="where summary.json goes (default: RUN_DIR/eval/step-N)")
+    f = sub.add_parser("finetune", help="train text classifiers on a pretrained biLM's layers",
+                       description="Train the layer-combination variants (frozen, scalar_mix, learned_fn, top) on a "
+                                   "text classification data set and compare them with a TF-IDF baseline.")
+    f.add_argument("config", help="YAML fine-tuning config, e.g. configs/finetune.yaml")
+    f.add_argument("overrides", nargs="*", help="dotted overrides, e.g. bilm.path=runs/x 'variants=[frozen,top]'")
+    m = sub.add_parser("embed", help="write ELMo representations of a text file to HDF5",
+                       description="One sentence per line in; HDF5 out, keyed by line number (0-based) as "
+                                   "`allennlp elmo` does: [L+1, tokens, dim] per sentence, or [tokens, dim] with --weights.")
+    m.add_argument("run", help="a pretraining run directory or checkpoint directory")
+    m.add_argument("input", help="text file, one sentence per line (tokenized like the pretraining corpus)")
+    m.add_argument("output", help="HDF5 file to write")
+    m.add_argument("--weights", help="comma-separated layer weights for a single mixed layer, e.g. 0.33,0.33,0.34")
+    m.add_argument("--batch-size", type=int, default=32)
+    m.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -113,7 +129,31 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
-COMMANDS = {"prepare": cmd_prepare, "pretrain": cmd_pretrain, "evaluate": cmd_evaluate}
+def cmd_finetune(args) -> int:
+    from elmo_dist.classify.config import load_finetune_config
+    from elmo_dist.classify.finetune import finetune
+
+    finetune(load_finetune_config(args.config, args.overrides))
+    return 0
+
+
+def cmd_embed(args) -> int:
+    from elmo_dist.embedder import embed_file
+
+    weights = None
+    if args.weights:
+        try:
+            weights = [float(w) for w in args.weights.split(",")]
+        except ValueError:
+            raise UserError(f"--weights '{args.weights}' is not a comma-separated list of numbers") from None
+    res = embed_file(args.run, args.input, args.output, weights, args.batch_size, args.device)
+    print(f"embedded {res['sentences']:,} sentences ({res['skipped_empty']} empty lines skipped), "
+          f"{res['layers']} layers x {res['dim']} dims -> {res['out']}")
+    return 0
+
+
+COMMANDS = {"prepare": cmd_prepare, "pretrain": cmd_pretrain, "evaluate": cmd_evaluate, "finetune": cmd_finetune,
+            "embed": cmd_embed}
 
 
 def main(argv: list[str] | None = None) -> int:

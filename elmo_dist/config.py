@@ -9,14 +9,11 @@ its key too. `save_config` writes the resolved config that every run and checkpo
 from __future__ import annotations
 
 import dataclasses
-import difflib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from omegaconf import OmegaConf
-from omegaconf.errors import OmegaConfBaseException
-
+from elmo_dist import configlib
 from elmo_dist.errors import ConfigError
 
 # bilm-tf's char CNN: (width, number of filters) pairs, 2048 filters in total
@@ -139,102 +136,27 @@ ARCH_KEYS = ("encoder", "char_embed_dim", "filters", "max_chars_per_token", "n_h
              "word_embed_dim", "lstm_dim", "projection_dim", "n_layers", "softmax", "adaptive_cutoffs")
 
 
-def valid_keys(cls: type = Config, prefix: str = "") -> list[str]:
-    """Every dotted key of a config dataclass, e.g. 'train.max_steps'."""
-    keys = []
-    for f in dataclasses.fields(cls):
-        name = prefix + f.name
-        if dataclasses.is_dataclass(f.default_factory if f.default_factory is not dataclasses.MISSING else None):
-            keys.extend(valid_keys(f.default_factory, name + "."))
-        else:
-            keys.append(name)
-    return keys
-
-
-def _leaf_keys(tree: dict, source: str, prefix: str = "") -> list[str]:
-    """Dotted leaf keys of a user tree; a known section must be a mapping (or empty)."""
-    sections = {k.split(".")[0] for k in valid_keys()}
-    keys = []
-    for key, value in tree.items():
-        full = prefix + str(key)
-        if not prefix and full in sections and not isinstance(value, dict):
-            if value is not None:
-                raise ConfigError(f"{source}: config section '{full}' must be a mapping of keys, got {value!r}")
-        elif isinstance(value, dict):
-            keys.extend(_leaf_keys(value, source, full + "."))
-        else:
-            keys.append(full)
-    return keys
-
-
-def _check_keys(tree: dict, source: str) -> None:
-    allowed = valid_keys()
-    for full in _leaf_keys(tree, source):
-        if full not in allowed:
-            close = difflib.get_close_matches(full, allowed, n=1, cutoff=0.5)
-            sections = sorted({k.split(".")[0] for k in allowed})
-            hint = f"; did you mean '{close[0]}'?" if close else f"; valid sections: {', '.join(sections)}"
-            raise ConfigError(f"{source}: unknown config key '{full}'{hint}")
-
-
-def _drop_empty_sections(tree: dict) -> dict:
-    return {k: v for k, v in tree.items() if v is not None}
-
-
-def _parse_overrides(overrides: list[str]) -> dict:
-    for item in overrides:
-        if "=" not in item or item.startswith("="):
-            raise ConfigError(f"override '{item}' is not of the form key=value (e.g. train.max_steps=100)")
-    try:
-        return OmegaConf.to_container(OmegaConf.from_dotlist(list(overrides)))
-    except OmegaConfBaseException as e:
-        raise ConfigError(f"overrides: {str(e).splitlines()[0]}") from None
-
-
-def _read_yaml(path: str | Path) -> dict:
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: config file not found")
-    try:
-        tree = OmegaConf.to_container(OmegaConf.load(path))
-    except Exception as e:  # yaml.YAMLError and OmegaConf errors alike
-        detail = " ".join(part.strip() for part in str(e).splitlines() if part.strip())
-        raise ConfigError(f"{path}: not valid YAML: {detail}") from None
-    if tree is None:
-        return {}
-    if not isinstance(tree, dict):
-        raise ConfigError(f"{path}: expected a mapping of config sections, got {type(tree).__name__}")
-    _check_keys(tree, str(path))
-    return _drop_empty_sections(tree)
+def valid_keys(root: type = None) -> list[str]:
+    """Every dotted key of the pretraining config, e.g. 'train.max_steps'."""
+    return configlib.valid_keys(root or Config)
 
 
 def config_from_tree(tree: dict, source: str = "config") -> Config:
     """Build a validated Config from a nested dict (flavour preset applied first)."""
-    _check_keys(tree, source)
-    flavour = tree.get("model", {}).get("flavour", ModelConfig.flavour)
+    configlib.check_keys(tree, source, Config)
+    flavour = (tree.get("model") or {}).get("flavour", ModelConfig.flavour)
     if flavour not in FLAVOURS:
         raise ConfigError(f"{source}: model.flavour '{flavour}' is not one of {', '.join(FLAVOURS)}")
-    base = OmegaConf.structured(Config)
-    try:
-        merged = OmegaConf.merge(base, {"model": FLAVOURS[flavour]}, tree)
-        cfg = OmegaConf.to_object(merged)
-    except OmegaConfBaseException as e:
-        key = getattr(e, "full_key", None) or "?"
-        msg = str(e).splitlines()[0]
-        raise ConfigError(f"{source}: bad value for '{key}': {msg}") from None
+    cfg = configlib.build(Config, [{"model": FLAVOURS[flavour]}, tree], source)
     validate(cfg)
     return cfg
 
 
 def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
     """defaults <- flavour preset <- YAML file <- dotted overrides, validated."""
-    tree = _read_yaml(path) if path else {}
-    over = _parse_overrides(list(overrides))
-    source = str(path) if path else "overrides"
-    _check_keys(over, "overrides")
-    over = _drop_empty_sections(over)
-    merged = OmegaConf.to_container(OmegaConf.merge(tree, over))
-    return config_from_tree(merged, source)
+    tree = configlib.read_yaml(path, Config) if path else {}
+    over = configlib.parse_overrides(list(overrides), Config)
+    return config_from_tree(configlib.merge_trees(tree, over), str(path) if path else "overrides")
 
 
 def _require(ok: bool, key: str, why: str) -> None:
@@ -280,13 +202,8 @@ def to_dict(cfg: Config) -> dict:
     return dataclasses.asdict(cfg)
 
 
-def to_yaml(cfg: Config) -> str:
-    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
-
-
-def save_config(cfg: Config, path: str | Path) -> None:
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text(to_yaml(cfg))
+to_yaml = configlib.to_yaml
+save_config = configlib.save_config
 
 
 def arch_diff(a: ModelConfig, b: ModelConfig) -> list[str]:

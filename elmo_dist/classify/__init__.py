@@ -1,0 +1,1 @@
+"""Downstream text classification on top of a pretrained biLM."""

@@ -1,0 +1,113 @@
+"""The machinery behind every elmo_dist config: typed dataclasses from YAML plus dotted overrides.
+
+    cfg = load_dataclass(Config, "configs/debug.yaml", ["train.max_steps=100"], presets=...)
+
+Precedence: overrides > YAML file > presets > dataclass defaults. An unknown key anywhere is a
+ConfigError naming the full dotted key and the closest valid one; a value of the wrong type names
+its key. `elmo_dist.config` (pretraining) and `elmo_dist.classify.config` (fine-tuning) are built on it.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from pathlib import Path
+
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from elmo_dist.errors import ConfigError
+
+
+def _section_type(f: dataclasses.Field):
+    factory = f.default_factory
+    return factory if factory is not dataclasses.MISSING and dataclasses.is_dataclass(factory) else None
+
+
+def valid_keys(root: type, prefix: str = "") -> list[str]:
+    """Every dotted leaf key of a config dataclass, e.g. 'train.max_steps'."""
+    keys = []
+    for f in dataclasses.fields(root):
+        section = _section_type(f)
+        keys.extend(valid_keys(section, prefix + f.name + ".") if section else [prefix + f.name])
+    return keys
+
+
+def _leaf_keys(tree: dict, source: str, root: type, prefix: str = "") -> list[str]:
+    sections = {f.name for f in dataclasses.fields(root) if _section_type(f)} if not prefix else set()
+    keys = []
+    for key, value in tree.items():
+        full = prefix + str(key)
+        if full in sections and not isinstance(value, dict):
+            if value is not None:  # an empty YAML section (every key commented out) is fine
+                raise ConfigError(f"{source}: config section '{full}' must be a mapping of keys, got {value!r}")
+        elif isinstance(value, dict):
+            keys.extend(_leaf_keys(value, source, root, full + "."))
+        else:
+            keys.append(full)
+    return keys
+
+
+def check_keys(tree: dict, source: str, root: type) -> None:
+    allowed = valid_keys(root)
+    for full in _leaf_keys(tree, source, root):
+        if full not in allowed:
+            close = difflib.get_close_matches(full, allowed, n=1, cutoff=0.5)
+            tops = sorted({k.split(".")[0] for k in allowed})
+            hint = f"; did you mean '{close[0]}'?" if close else f"; valid sections: {', '.join(tops)}"
+            raise ConfigError(f"{source}: unknown config key '{full}'{hint}")
+
+
+def _drop_empty(tree: dict) -> dict:
+    return {k: v for k, v in tree.items() if v is not None}
+
+
+def parse_overrides(overrides: list[str], root: type) -> dict:
+    for item in overrides:
+        if "=" not in item or item.startswith("="):
+            raise ConfigError(f"override '{item}' is not of the form key=value (e.g. train.max_steps=100)")
+    try:
+        tree = OmegaConf.to_container(OmegaConf.from_dotlist(list(overrides)))
+    except OmegaConfBaseException as e:
+        raise ConfigError(f"overrides: {str(e).splitlines()[0]}") from None
+    check_keys(tree, "overrides", root)
+    return _drop_empty(tree)
+
+
+def read_yaml(path: str | Path, root: type) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        tree = OmegaConf.to_container(OmegaConf.load(path))
+    except Exception as e:  # yaml.YAMLError and OmegaConf errors alike
+        detail = " ".join(part.strip() for part in str(e).splitlines() if part.strip())
+        raise ConfigError(f"{path}: not valid YAML: {detail}") from None
+    if tree is None:
+        return {}
+    if not isinstance(tree, dict):
+        raise ConfigError(f"{path}: expected a mapping of config sections, got {type(tree).__name__}")
+    check_keys(tree, str(path), root)
+    return _drop_empty(tree)
+
+
+def build(root: type, layers: list[dict], source: str):
+    """Merge dict layers (lowest precedence first) over the defaults into a typed instance."""
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(root), *layers)
+        return OmegaConf.to_object(merged)
+    except OmegaConfBaseException as e:
+        key = getattr(e, "full_key", None) or "?"
+        raise ConfigError(f"{source}: bad value for '{key}': {str(e).splitlines()[0]}") from None
+
+
+def merge_trees(*trees: dict) -> dict:
+    return OmegaConf.to_container(OmegaConf.merge(*trees)) if trees else {}
+
+
+def to_yaml(cfg) -> str:
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+
+
+def save_config(cfg, path: str | Path) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(to_yaml(cfg))

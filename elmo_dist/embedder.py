@@ -1,0 +1,129 @@
+"""ELMo representations from a pretrained run, for Python code and `elmo-dist embed`.
+
+    from elmo_dist.embedder import Embedder
+    elmo = Embedder.from_run("runs/demo/pretrain")
+    vecs = elmo.embed_sentences([["The", "cat", "sat", "."], ["Hello", "!"]])
+    vecs[0].shape        # (L+1, 4, 2*projection_dim): the token layer, then each LSTM layer fwd||bwd
+
+`tokenize(text)` applies the tokenizer the pretraining corpus was prepared with, so raw text is
+split the way the biLM saw it.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from elmo_dist import config as C
+from elmo_dist.data.batching import trim_chars
+from elmo_dist.data.char_ids import char_id_table
+from elmo_dist.data.tokenize import build_tokenizer
+from elmo_dist.data.vocab import Vocabulary
+from elmo_dist.errors import CheckpointError
+from elmo_dist.model import build_bilm
+from elmo_dist.train import checkpoint as ckpt
+from elmo_dist.train.accel import resolve_device
+
+
+class Embedder:
+    def __init__(self, model, vocab: Vocabulary, cfg: C.Config, device: str = "cpu", corpus_options: dict | None = None):
+        self.model, self.vocab, self.cfg = model.to(device).eval(), vocab, cfg
+        self.device = torch.device(device)
+        opts = corpus_options or {}
+        self.tokenize = build_tokenizer(opts.get("tokenizer", "whitespace"), opts.get("lowercase", False))
+        self.n_layers = cfg.model.n_layers + 1
+        self.dim = 2 * cfg.model.projection_dim
+
+    @classmethod
+    def from_run(cls, path: str | Path, device: str = "auto") -> "Embedder":
+        """Load the newest checkpoint of a run directory, or a given checkpoint directory."""
+        found = ckpt.resolve(path)
+        run_dir = found.parent.parent
+        cfg = C.load_config(found / "config.yaml")
+        vocab = Vocabulary.load(run_dir / "vocab.txt")
+        model = build_bilm(cfg.model, len(vocab))
+        try:
+            model.load_state_dict(ckpt.load_model_state(found))
+        except RuntimeError as e:
+            raise CheckpointError(f"{found}: weights do not fit its config ({str(e).splitlines()[-1].strip()})") from None
+        corpus = run_dir / "corpus.json"
+        options = json.loads(corpus.read_text()) if corpus.is_file() else None
+        return cls(model, vocab, cfg, resolve_device(device), options)
+
+    def tensors(self, sentences: list[list[str]]) -> dict:
+        """The model inputs for a batch of token lists: distinct tokens once, plus an index and lengths."""
+        words = sorted({w for s in sentences for w in s})
+        row = {w: i for i, w in enumerate(words)}
+        lengths = [len(s) for s in sentences]
+        index = np.zeros((len(sentences), max(lengths, default=0) or 1), dtype=np.int64)
+        for b, s in enumerate(sentences):
+            index[b, : len(s)] = [row[w] for w in s]
+        chars = trim_chars(char_id_table(words or ["<S>"], self.cfg.model.max_chars_per_token))
+        dev = self.device
+        return {"chars": torch.from_numpy(chars).to(dev),
+                "token_ids": torch.tensor(self.vocab.encode(words or ["<S>"]), device=dev),
+                "index": torch.from_numpy(index).to(dev),
+                "lengths": torch.tensor(lengths, device=dev)}
+
+    def layers(self, sentences: list[list[str]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """[B, L+1, T, D] layers and a [B, T] mask; gradients flow if the model is in training."""
+        t = self.tensors(sentences)
+        out = self.model.layers(t["chars"], t["token_ids"], t["index"], t["lengths"])
+        mask = torch.arange(t["index"].shape[1], device=self.device)[None, :] < t["lengths"][:, None]
+        return torch.stack(out, dim=1) * mask[:, None, :, None], mask
+
+    @torch.no_grad()
+    def embed_sentences(self, sentences: list[list[str]], batch_size: int = 32,
+                        weights: list[float] | None = None) -> list[np.ndarray]:
+        """Per sentence, all layers [L+1, n, D], or their weighted sum [n, D] when `weights` is given."""
+        out = []
+        for i in range(0, len(sentences), batch_size):
+            chunk = sentences[i : i + batch_size]
+            layers, _ = self.layers(chunk)
+            if weights is not None:
+                w = torch.tensor(weights, dtype=layers.dtype, device=layers.device)
+                layers = torch.einsum("l,bltd->btd", w, layers)
+            arr = layers.float().cpu().numpy()
+            out.extend(arr[b, ..., : len(s), :] for b, s in enumerate(chunk))
+        return out
+
+
+def embed_file(run: str | Path, text_file: str | Path, out_file: str | Path, weights: list[float] | None = None,
+               batch_size: int = 32, device: str = "auto") -> dict:
+    """Write ELMo layers for each line of `text_file` to HDF5, in `allennlp elmo`'s layout.
+
+    Dataset "<line number>" (0-based) holds [L+1, n_tokens, D] (or [n_tokens, D] with `weights`);
+    "sentence_to_index" is a JSON string mapping each line to its key. Empty lines are skipped and
+    counted, so their keys are missing. The file is written under a temporary name and renamed at
+    the end: a file at `out_file` is always complete.
+    """
+    import h5py
+    from tqdm import tqdm
+
+    from elmo_dist.errors import DataError
+
+    elmo = Embedder.from_run(run, device)
+    if weights is not None and len(weights) != elmo.n_layers:
+        raise DataError(f"--weights: {len(weights)} values given for {elmo.n_layers} layers")
+    try:
+        lines = Path(text_file).read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        raise DataError(f"{text_file}: file not found") from None
+    except UnicodeDecodeError as e:
+        line = Path(text_file).read_bytes()[: e.start].count(b"\n") + 1
+        raise DataError(f"{text_file}:{line}: not UTF-8 ({e.reason})") from None
+    items = [(i, line, elmo.tokenize(line)) for i, line in enumerate(lines) if line.strip()]
+    tmp = Path(str(out_file) + ".tmp")
+    with h5py.File(tmp, "w") as f:
+        for start in tqdm(range(0, len(items), batch_size), desc="embed", unit="batch", disable=None):
+            chunk = items[start : start + batch_size]
+            for (i, _, _), arr in zip(chunk, elmo.embed_sentences([t for _, _, t in chunk], batch_size, weights)):
+                f.create_dataset(str(i), data=arr.astype(np.float32))
+        f.create_dataset("sentence_to_index", data=json.dumps({line: str(i) for i, line, _ in items}))
+        f.attrs["layers"] = elmo.n_layers
+        f.attrs["dim"] = elmo.dim
+    tmp.replace(out_file)
+    return {"sentences": len(items), "skipped_empty": len(lines) - len(items), "layers": elmo.n_layers,
+            "dim": elmo.dim, "out": str(out_file)}

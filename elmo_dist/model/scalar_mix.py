@@ -1,0 +1,68 @@
+"""Ways to combine the biLM's L+1 layers into one representation per token.
+
+- `ScalarMix` (ELMo, eq. 1): gamma * sum_k softmax(w)_k * h_k, with w = 0 and gamma = 1 at the
+  start. `trainable=False` is the "frozen equal weights" variant: 1/(L+1) each, nothing learned.
+  Optional per-layer layer norm (over the feature dimension, ignoring padding through the mask).
+- `LearnedMix`: the equal-weight average plus a small MLP over the concatenation of all layers,
+  per token: mean_k h_k + Linear(hidden -> D)(ReLU(Linear((L+1)*D -> hidden)(h_0 || ... || h_L))).
+  The last layer starts at zero, so it starts as the `frozen` mix and learns any per-token
+  correction, not only a weighted sum.
+- `TopLayer`: the top LSTM layer alone, a baseline.
+
+Each takes layers as one tensor [B, L+1, T, D] and returns [B, T, D].
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+VARIANTS = ("frozen", "scalar_mix", "learned_fn", "top")
+
+
+class ScalarMix(nn.Module):
+    def __init__(self, n_layers: int, trainable: bool = True, layer_norm: bool = False):
+        super().__init__()
+        self.weights = nn.Parameter(torch.zeros(n_layers), requires_grad=trainable)
+        self.gamma = nn.Parameter(torch.ones(()), requires_grad=trainable)
+        self.layer_norm = layer_norm
+
+    def normalized_weights(self) -> torch.Tensor:
+        return torch.softmax(self.weights, dim=0)
+
+    def forward(self, layers: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        if self.layer_norm:
+            layers = F.layer_norm(layers, layers.shape[-1:])
+            if mask is not None:
+                layers = layers * mask[:, None, :, None]
+        w = self.normalized_weights().to(layers.dtype)
+        return self.gamma.to(layers.dtype) * torch.einsum("l,bltd->btd", w, layers)
+
+
+class LearnedMix(nn.Module):
+    def __init__(self, n_layers: int, dim: int, hidden: int):
+        super().__init__()
+        self.mlp = nn.Sequential(nn.Linear(n_layers * dim, hidden), nn.ReLU(), nn.Linear(hidden, dim))
+        nn.init.zeros_(self.mlp[-1].weight)
+        nn.init.zeros_(self.mlp[-1].bias)
+
+    def forward(self, layers: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        b, n, t, d = layers.shape
+        return layers.mean(1) + self.mlp(layers.permute(0, 2, 1, 3).reshape(b, t, n * d))
+
+
+class TopLayer(nn.Module):
+    def forward(self, layers: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        return layers[:, -1]
+
+
+def build_mix(variant: str, n_layers: int, dim: int, layer_norm: bool = False, hidden: int = 256) -> nn.Module:
+    if variant == "frozen":
+        return ScalarMix(n_layers, trainable=False, layer_norm=layer_norm)
+    if variant == "scalar_mix":
+        return ScalarMix(n_layers, trainable=True, layer_norm=layer_norm)
+    if variant == "learned_fn":
+        return LearnedMix(n_layers, dim, hidden)
+    if variant == "top":
+        return TopLayer()
+    raise ValueError(f"unknown variant '{variant}', expected one of {VARIANTS}")
