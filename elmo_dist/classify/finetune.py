@@ -31,40 +31,41 @@ from elmo_dist.train.metrics import MetricsLogger, log, setup_logging
 
 
 class LayerSource:
-    """[B, L+1, T, D] layers and masks for batches of documents: from a cache, or the live biLM."""
+    """[B, L+1, T, D] layers and masks for batches of documents: from a cache, or the live biLM.
+
+    The cache is one padded float16 tensor per split, [N, L+1, longest, D], so a batch is a single
+    gather rather than a copy per document.
+    """
 
     def __init__(self, embedder: Embedder, docs: list[list[str]], cache: bool, batch_size: int,
                  trainable: bool = False):
         self.embedder, self.docs, self.trainable = embedder, docs, trainable
-        self.cached: list[torch.Tensor] | None = None
+        self.lengths = torch.tensor([len(d) for d in docs])
+        self.cached: torch.Tensor | None = None
         if cache:
-            from tqdm import tqdm
+            self._fill_cache(batch_size)
 
-            self.cached = []
-            order = sorted(range(len(docs)), key=lambda i: len(docs[i]))  # similar lengths, less padding
-            slots: list[torch.Tensor | None] = [None] * len(docs)
-            batches = range(0, len(order), batch_size)
-            for start in tqdm(batches, desc="biLM layers", unit="batch", disable=None):
-                idx = order[start : start + batch_size]
-                with torch.no_grad():
-                    layers, _ = embedder.layers([docs[i] for i in idx])
-                for j, i in enumerate(idx):
-                    slots[i] = layers[j, :, : len(docs[i])].to(torch.float16).cpu()
-            self.cached = slots
+    @torch.no_grad()
+    def _fill_cache(self, batch_size: int) -> None:
+        from tqdm import tqdm
+
+        e, docs = self.embedder, self.docs
+        self.cached = torch.zeros(len(docs), e.n_layers, int(self.lengths.max()), e.dim, dtype=torch.float16)
+        order = sorted(range(len(docs)), key=lambda i: len(docs[i]))  # similar lengths, less padding
+        for start in tqdm(range(0, len(order), batch_size), desc="biLM layers", unit="batch", disable=None):
+            idx = order[start : start + batch_size]
+            layers, _ = e.layers([docs[i] for i in idx])
+            self.cached[idx, :, : layers.shape[2]] = layers.to(torch.float16).cpu()
 
     def batch(self, idx: list[int], device) -> tuple[torch.Tensor, torch.Tensor]:
         if self.cached is None:
             with torch.set_grad_enabled(self.trainable and torch.is_grad_enabled()):
                 return self.embedder.layers([self.docs[i] for i in idx])
-        longest = max(self.cached[i].shape[1] for i in idx)
-        first = self.cached[idx[0]]
-        out = torch.zeros(len(idx), first.shape[0], longest, first.shape[2])
-        mask = torch.zeros(len(idx), longest, dtype=torch.bool)
-        for b, i in enumerate(idx):
-            n = self.cached[i].shape[1]
-            out[b, :, :n] = self.cached[i].float()
-            mask[b, :n] = True
-        return out.to(device), mask.to(device)
+        lengths = self.lengths[idx]
+        longest = int(lengths.max())
+        layers = self.cached[idx, :, :longest].to(device, torch.float32)
+        mask = torch.arange(longest)[None, :] < lengths[:, None]
+        return layers, mask.to(device)
 
 
 def _mix_weights(clf: TextClassifier) -> tuple[list[float] | None, float | None]:
