@@ -114,6 +114,8 @@ def cmd_pretrain(args) -> int:
 
     cfg = load_config(args.config, args.overrides)
     summary = pretrain(cfg, stop_at_step=args.stop_at_step)
+    if summary is None:  # not the main process: rank 0 reports
+        return 0
     _print_ppl(summary)
     print(f"steps {summary['steps']}, {summary['tokens_per_s']:,.0f} tokens/s; run directory {cfg.train.run_dir} "
           f"(tensorboard --logdir {cfg.train.run_dir})")

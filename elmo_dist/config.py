@@ -64,6 +64,7 @@ class DataConfig:
     stateful: bool = True
     """Carry the LSTM state from one window to the next of the same row, as bilm-tf does."""
     eval_batch_size: int = 64
+    """Evaluation lanes in all (split across processes, so every process count gives the same result)."""
     max_eval_tokens: int = 0
     """Evaluate on at most this many held-out tokens (0 = all)."""
 
@@ -114,6 +115,18 @@ class LoggingConfig:
 
 
 @dataclass
+class DistConfig:
+    mixed_precision: str = "no"
+    """no | bf16 | fp16 (fp16 needs CUDA; bf16 on CPU is a slow correctness path)."""
+    gradient_accumulation_steps: int = 1
+    """Micro-batches per optimizer step. Global batch = data.batch_size x this x number of processes."""
+    backend: str = "auto"
+    """Process-group backend: auto (nccl on CUDA, gloo on CPU), gloo or nccl."""
+    timeout_minutes: int = 30
+    """How long a collective may wait before the run fails instead of hanging."""
+
+
+@dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -121,6 +134,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    dist: DistConfig = field(default_factory=DistConfig)
 
 
 FLAVOURS: dict[str, dict[str, Any]] = {
@@ -195,6 +209,12 @@ def validate(cfg: Config) -> None:
     _require(cfg.checkpoint.keep_last >= 1, "checkpoint.keep_last", "must be >= 1")
     _require(cfg.checkpoint.resume in ("auto", "never"), "checkpoint.resume", "must be auto or never")
     _require(cfg.logging.log_every > 0, "logging.log_every", "must be positive")
+    dist = cfg.dist
+    _require(dist.mixed_precision in ("no", "bf16", "fp16"), "dist.mixed_precision",
+             f"must be no, bf16 or fp16, got '{dist.mixed_precision}'")
+    _require(dist.gradient_accumulation_steps >= 1, "dist.gradient_accumulation_steps", "must be >= 1")
+    _require(dist.backend in ("auto", "gloo", "nccl"), "dist.backend", f"must be auto, gloo or nccl, got '{dist.backend}'")
+    _require(dist.timeout_minutes > 0, "dist.timeout_minutes", "must be positive")
     _require(cfg.logging.progress in ("auto", "bar", "lines"), "logging.progress", "must be auto, bar or lines")
 
 

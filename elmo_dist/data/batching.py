@@ -129,13 +129,17 @@ class WindowBatcher:
 
 def eval_batches(corpus: PreparedCorpus, rows: int, unroll_steps: int, max_tokens: int = 0,
                  split: str = "heldout", rank: int = 0, world_size: int = 1):
-    """Every held-out token once, in `rows x world_size` lanes; lanes are padded to whole windows."""
+    """Every held-out token once, in `rows` lanes padded to whole windows; rank r takes lanes r, r+W, ...
+
+    The lanes don't depend on the number of processes, so the summed result is the same on any.
+    """
     stream = corpus.stream(split)
     n = eval_length(stream, max_tokens)
-    n_lanes = rows * world_size
-    lane_len = -(-n // n_lanes)
+    lane_len = -(-n // rows)
     n_windows = -(-lane_len // unroll_steps)
-    mine = np.arange(rank * rows, (rank + 1) * rows)
+    mine = np.arange(rank, rows, world_size)
+    if len(mine) == 0:
+        return
     lo, hi = np.minimum(mine * lane_len, n), np.minimum((mine + 1) * lane_len, n)
     for w in range(n_windows):
         fwd = lo + w * unroll_steps

@@ -1,11 +1,16 @@
-"""The one place that builds the Accelerator (and, from the distributed issue on, DeepSpeed's config).
+"""The one place that builds the Accelerator: device, precision, process group, accumulation.
 
-Everything else asks this module for the device and the process layout, so a single process,
-torchrun and accelerate launch all go through the same code.
+    accelerator = build_accelerator(cfg)
+
+A single process, `torchrun --nproc_per_node N`, `accelerate launch --multi_gpu` and srun all come
+through here; rank, world size and the master address come from whichever launcher set them.
+Two traps are turned into clear errors: a WORLD_SIZE > 1 with no launcher around it, and an
+Accelerator that sees fewer processes than the launcher started (N independent copies, no sync).
 """
 from __future__ import annotations
 
 import os
+from datetime import timedelta
 
 import torch
 
@@ -14,8 +19,9 @@ if not torch.cuda.is_available():
     os.environ.setdefault("DS_ACCELERATOR", "cpu")
 
 from accelerate import Accelerator  # noqa: E402
+from accelerate.utils import InitProcessGroupKwargs  # noqa: E402
 
-from elmo_dist.errors import ConfigError
+from elmo_dist.errors import ConfigError  # noqa: E402
 
 
 def resolve_device(requested: str) -> str:
@@ -26,12 +32,27 @@ def resolve_device(requested: str) -> str:
     return requested
 
 
+def _check_launch_env() -> int:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1:
+        missing = [k for k in ("RANK", "MASTER_ADDR", "MASTER_PORT") if k not in os.environ]
+        if missing:
+            raise ConfigError(f"WORLD_SIZE={world} but {', '.join(missing)} not set: start the processes with "
+                              "torchrun, `accelerate launch` or srun (see README, Distributed)")
+    return world
+
+
 def build_accelerator(cfg) -> Accelerator:
     device = resolve_device(cfg.train.device)
-    accelerator = Accelerator(cpu=device == "cpu", mixed_precision="no")
-    # the silent trap: a launcher that started N processes but an Accelerator that sees fewer
-    # would train N independent copies with no gradient sync
-    expected = int(os.environ.get("WORLD_SIZE", "1"))
+    dist = cfg.dist
+    if dist.mixed_precision == "fp16" and device != "cuda":
+        raise ConfigError("config key 'dist.mixed_precision' is fp16, which needs CUDA; use bf16 or no on CPU")
+    expected = _check_launch_env()
+    backend = dist.backend if dist.backend != "auto" else ("nccl" if device == "cuda" else "gloo")
+    # a process-group spec on a single process makes Accelerate look for a group that isn't there
+    handlers = [InitProcessGroupKwargs(backend=backend, timeout=timedelta(minutes=dist.timeout_minutes))] \
+        if expected > 1 else []
+    accelerator = Accelerator(cpu=device == "cpu", mixed_precision=dist.mixed_precision, kwargs_handlers=handlers)
     if accelerator.num_processes != expected:
         raise ConfigError(
             f"WORLD_SIZE={expected} but the Accelerator sees {accelerator.num_processes} process(es); "

@@ -31,13 +31,15 @@ def ppl_summary(nll_fwd: float, nll_bwd: float, count: float) -> dict:
 
 
 @torch.no_grad()
-def evaluate_bilm(model, corpus: PreparedCorpus, data_cfg, device, reduce=None) -> dict:
-    """Exact held-out perplexities; `reduce` sums a tensor across processes (identity on one)."""
+def evaluate_bilm(model, corpus: PreparedCorpus, data_cfg, device, reduce=None, rank: int = 0,
+                  world_size: int = 1) -> dict:
+    """Exact held-out perplexities; each rank takes its own lanes, `reduce` sums across processes."""
     was_training = model.training
     model.eval()
     totals = torch.zeros(4, dtype=torch.float64, device=device)
     state = None
-    for batch in eval_batches(corpus, data_cfg.eval_batch_size, data_cfg.unroll_steps, data_cfg.max_eval_tokens):
+    for batch in eval_batches(corpus, data_cfg.eval_batch_size, data_cfg.unroll_steps, data_cfg.max_eval_tokens,
+                              rank=rank, world_size=world_size):
         b = to_device(batch, device)
         if b["reset"] or not data_cfg.stateful:
             state = None

@@ -70,6 +70,11 @@ class Trainer:
         except ValueError as e:
             raise DataError(str(e)) from None
         self.step, self.tokens, self.state = 0, 0, None
+        self.tokens_per_step = (cfg.data.batch_size * cfg.data.unroll_steps * cfg.dist.gradient_accumulation_steps
+                                * acc.num_processes)
+        # every rank built the same initial weights above; from here on dropout and sampling
+        # differ per rank, as independent data-parallel workers should
+        torch.manual_seed(cfg.train.seed + 1 + acc.process_index)
         self.summary: dict = {}
 
     # -- state ---------------------------------------------------------------------------------
@@ -136,16 +141,32 @@ class Trainer:
         log.info("resumed from %s at step %d", path, self.step)
 
     # -- the loop ------------------------------------------------------------------------------
-    def train_step(self, batch: dict) -> dict:
-        cfg, acc = self.cfg, self.accelerator
-        b = to_device(batch, acc.device)
-        if b["reset"] or not cfg.data.stateful:
+    def _micro_step(self, batch: dict, denom: int) -> dict:
+        b = to_device(batch, self.accelerator.device)
+        if b["reset"] or not self.cfg.data.stateful:
             self.state = None
         out = self.model(b, self.state)
-        if cfg.data.stateful:
+        if self.cfg.data.stateful:
             self.state = _detach(out["state"])
-        denom = 2 * cfg.data.batch_size * cfg.data.unroll_steps
-        acc.backward((out["nll_fwd"] + out["nll_bwd"]) / denom)
+        self.accelerator.backward((out["nll_fwd"] + out["nll_bwd"]) / denom)
+        return out
+
+    def train_step(self) -> dict:
+        """One optimizer step over `gradient_accumulation_steps` micro-batches."""
+        cfg, acc = self.cfg, self.accelerator
+        accum = cfg.dist.gradient_accumulation_steps
+        # a fixed denominator (not the count of valid targets) keeps the average over
+        # micro-batches and processes exactly equal to one big batch
+        denom = 2 * cfg.data.batch_size * cfg.data.unroll_steps * accum
+        nll_f, nll_b, count = 0.0, 0.0, 0
+        for micro in range(accum):
+            if micro < accum - 1:
+                with acc.no_sync(self.model):  # gradients are all-reduced once, on the last micro-batch
+                    out = self._micro_step(self.batcher.next_batch(), denom)
+            else:
+                out = self._micro_step(self.batcher.next_batch(), denom)
+            nll_f, nll_b = nll_f + out["nll_fwd"].detach(), nll_b + out["nll_bwd"].detach()
+            count = count + out["count_fwd"] + out["count_bwd"]
         params = self.model.parameters()
         if cfg.optim.grad_clip > 0:
             grad_norm = acc.clip_grad_norm_(params, cfg.optim.grad_clip)
@@ -157,15 +178,16 @@ class Trainer:
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
-        self.tokens += cfg.data.batch_size * cfg.data.unroll_steps * acc.num_processes
-        return {"nll_fwd": out["nll_fwd"].detach(), "nll_bwd": out["nll_bwd"].detach(),
-                "count": out["count_fwd"] + out["count_bwd"], "grad_norm": grad_norm.detach(), "lr": lr}
+        self.tokens += cfg.data.batch_size * cfg.data.unroll_steps * accum * acc.num_processes
+        return {"nll_fwd": nll_f, "nll_bwd": nll_b, "count": count, "grad_norm": grad_norm.detach(), "lr": lr}
 
     def _reduce(self, t: torch.Tensor) -> torch.Tensor:
         return self.accelerator.reduce(t, reduction="sum") if self.accelerator.num_processes > 1 else t
 
     def evaluate(self) -> dict:
-        res = evaluate_bilm(self.model, self.corpus, self.cfg.data, self.accelerator.device, self._reduce)
+        acc = self.accelerator
+        res = evaluate_bilm(self.model, self.corpus, self.cfg.data, acc.device, self._reduce,
+                            acc.process_index, acc.num_processes)
         self.metrics.log({"val/ppl_fwd": res["val_ppl_fwd"], "val/ppl_bwd": res["val_ppl_bwd"],
                           "val/ppl": res["val_ppl"]}, self.step)
         log.info("step %d: held-out ppl fwd %.2f bwd %.2f mean %.2f (unigram %.2f)", self.step,
@@ -177,7 +199,7 @@ class Trainer:
         tot = self._reduce(stacked.sum(0).double()).tolist()  # one host sync per log interval
         half = max(tot[2], 1) / 2
         loss_f, loss_b = tot[0] / half, tot[1] / half
-        n_tok = len(acc_window) * self.cfg.data.batch_size * self.cfg.data.unroll_steps * self.accelerator.num_processes
+        n_tok = len(acc_window) * self.tokens_per_step
         metrics = {"train/loss_fwd": loss_f, "train/loss_bwd": loss_b, "train/ppl": math.exp(0.5 * (loss_f + loss_b)),
                    "train/lr": acc_window[-1]["lr"], "train/grad_norm": float(acc_window[-1]["grad_norm"]),
                    "perf/tokens_per_s": n_tok / max(seconds, 1e-9)}
@@ -218,7 +240,7 @@ class Trainer:
         bar, window, start_step, t0, t_window = self._progress_bar(), [], self.step, time.perf_counter(), time.perf_counter()
         self.last_train, res = {}, None
         while self.step < stop:
-            window.append(self.train_step(self.batcher.next_batch()))
+            window.append(self.train_step())
             if bar is not None:
                 bar.update(1)
             if self.step % cfg.logging.log_every == 0 or self.step == stop:
@@ -236,10 +258,24 @@ class Trainer:
         path = self.save()
         return self._finish(res, path, start_step, train_seconds)
 
+    def _ranks_in_sync(self) -> bool:
+        """Data parallelism must keep every rank's weights identical; check it once, at the end."""
+        acc = self.accelerator
+        if acc.num_processes == 1:
+            return True
+        params = [p.detach().double() for p in self.model.parameters()]
+        fingerprint = torch.stack([sum(p.sum() for p in params), sum(p.pow(2).sum() for p in params)])
+        gathered = acc.gather(fingerprint[None].to(acc.device)).view(acc.num_processes, 2)
+        same = bool((gathered == gathered[0]).all())
+        if not same:
+            log.error("ranks diverged: weight fingerprints %s", gathered.tolist())
+        return same
+
     def _finish(self, res, path, start_step, seconds) -> dict:
         acc = self.accelerator
-        n = (self.step - start_step) * self.cfg.data.batch_size * self.cfg.data.unroll_steps * acc.num_processes
+        n = (self.step - start_step) * self.tokens_per_step
         self.summary = {**(res or {}), "unigram_ppl": self.unigram, "steps": self.step, "tokens": self.tokens,
+                        "processes": acc.num_processes, "ranks_in_sync": self._ranks_in_sync(),
                         "tokens_per_s": n / max(seconds, 1e-9), "train_ppl": self.last_train.get("train/ppl"),
                         "finished": self.step >= self.cfg.train.max_steps, "checkpoint": str(path),
                         "run_dir": str(self.run_dir)}
@@ -251,5 +287,8 @@ class Trainer:
         return self.summary
 
 
-def pretrain(cfg: C.Config, stop_at_step: int = 0) -> dict:
-    return Trainer(cfg, stop_at_step).train()
+def pretrain(cfg: C.Config, stop_at_step: int = 0) -> dict | None:
+    """Train (or resume) a run; the summary on the main process, None on the others."""
+    trainer = Trainer(cfg, stop_at_step)
+    summary = trainer.train()
+    return summary if trainer.accelerator.is_main_process else None

@@ -1,0 +1,77 @@
+"""Real multi-process data parallelism over gloo: 2 processes equal 1 process with the same global batch."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import torch
+from safetensors.torch import load_file
+
+from conftest import REPO, TINY_OVERRIDES, run_cli
+
+# full softmax and no dropout: no random draws, so the runs must agree to rounding
+EXACT = ["model.softmax=full", "model.dropout=0", "train.max_steps=12", "train.eval_every=6", "checkpoint.every=0",
+         "optim.name=adagrad", "optim.lr=0.2"]
+
+
+def torchrun(nproc: int, *args: str, extra_env: dict | None = None):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", **(extra_env or {})}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_addr", "127.0.0.1",
+           "--master_port", "29517", "-m", "elmo_dist", *args]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc
+
+
+def pretrain_args(run, data, *extra):
+    return ["pretrain", str(REPO / "configs/debug.yaml"), f"data.dir={data}", f"train.run_dir={run}",
+            *TINY_OVERRIDES, *EXACT, *extra]
+
+
+def final_weights(run):
+    return load_file(str(run / "checkpoints" / "step-12" / "model.safetensors"))
+
+
+def test_two_processes_equal_one_with_the_same_global_batch(tmp_path, grammar_corpus):
+    # one process with 16 rows vs two processes with 8 rows each
+    run_cli(*pretrain_args(tmp_path / "one", grammar_corpus, "data.batch_size=16"))
+    proc = torchrun(2, *pretrain_args(tmp_path / "two", grammar_corpus, "data.batch_size=8"))
+    # accumulation: each row reads its next window as the second micro-batch, LSTM state flowing on;
+    # 2 processes x 4 rows x 2 micro-batches must equal 1 process x 8 rows x 2 micro-batches
+    run_cli(*pretrain_args(tmp_path / "one_accum", grammar_corpus, "data.batch_size=8",
+                           "dist.gradient_accumulation_steps=2"))
+    torchrun(2, *pretrain_args(tmp_path / "accum", grammar_corpus, "data.batch_size=4",
+                               "dist.gradient_accumulation_steps=2"))
+    one, two = final_weights(tmp_path / "one"), final_weights(tmp_path / "two")
+    for name in one:
+        torch.testing.assert_close(two[name], one[name], rtol=1e-4, atol=1e-5, msg=name)
+    ref, acc = final_weights(tmp_path / "one_accum"), final_weights(tmp_path / "accum")
+    for name in ref:
+        torch.testing.assert_close(acc[name], ref[name], rtol=1e-4, atol=1e-5, msg=name)
+    s_one = json.loads((tmp_path / "one" / "summary.json").read_text())
+    s_two = json.loads((tmp_path / "two" / "summary.json").read_text())
+    assert s_two["processes"] == 2 and s_two["ranks_in_sync"] is True
+    assert s_two["tokens"] == s_one["tokens"] == 12 * 16 * 10
+    # held-out evaluation is split across ranks and summed: the same figure as one process
+    assert abs(s_two["val_ppl"] - s_one["val_ppl"]) / s_one["val_ppl"] < 1e-4
+    assert s_two["val_tokens"] == s_one["val_tokens"]
+    assert proc.stdout.count("held-out perplexity") == 1  # only rank 0 reports
+
+
+def test_world_size_without_a_launcher_is_a_clear_error(tmp_path, grammar_corpus):
+    proc = run_cli(*pretrain_args(tmp_path / "r", grammar_corpus), check=False, env={"WORLD_SIZE": "2"})
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "WORLD_SIZE=2" in lines[0] and "torchrun" in lines[0]
+    assert not (tmp_path / "r" / "checkpoints").exists()
+
+
+def test_fp16_on_cpu_is_refused_and_bf16_runs(tmp_path, grammar_corpus):
+    proc = run_cli(*pretrain_args(tmp_path / "r", grammar_corpus, "dist.mixed_precision=fp16"), check=False)
+    assert proc.returncode == 2 and "dist.mixed_precision" in proc.stderr and "CUDA" in proc.stderr
+    run_cli(*pretrain_args(tmp_path / "bf", grammar_corpus, "dist.mixed_precision=bf16", "train.max_steps=4",
+                           "train.eval_every=0"))
+    summary = json.loads((tmp_path / "bf" / "summary.json").read_text())
+    assert summary["steps"] == 4 and summary["val_ppl"] < summary["unigram_ppl"] * 2
