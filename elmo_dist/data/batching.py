@@ -124,7 +124,19 @@ class WindowBatcher:
                 "unroll_steps": self.steps, "world_size": self.world_size}
 
     def load_state_dict(self, state: dict) -> None:
+        """Resume; a position saved under another rows x processes layout maps to the same fraction of its epoch."""
         self.epoch, self.step = int(state["epoch"]), int(state["step"])
+        old_lanes = int(state.get("rows", self.rows)) * int(state.get("world_size", self.world_size))
+        if old_lanes != self.rows * self.world_size:
+            old_spe = self._steps_per_epoch(old_lanes)
+            self._layout()
+            self.step = min(self.steps_per_epoch, -(-self.step * self.steps_per_epoch // max(old_spe, 1)))
+
+    def _steps_per_epoch(self, n_lanes: int) -> int:
+        rng = np.random.default_rng([self.seed, self.epoch])
+        rng.permutation(len(self.corpus.shards[self.split]))  # the same draws as _layout, in order
+        offset = int(rng.integers(self.steps))
+        return (len(self.corpus.stream(self.split)) - offset) // n_lanes // self.steps
 
 
 def eval_batches(corpus: PreparedCorpus, rows: int, unroll_steps: int, max_tokens: int = 0,

@@ -121,24 +121,33 @@ class Trainer:
     def load(self, path: Path) -> None:
         acc, rank = self.accelerator, self.accelerator.process_index
         state = json.loads((path / "trainer_state.json").read_text())
-        if state["world_size"] != acc.num_processes:
-            raise CheckpointError(f"{path}: saved by {state['world_size']} process(es), resumed on {acc.num_processes}")
+        same_layout = state["world_size"] == acc.num_processes
+        if not same_layout:
+            log.warning("resuming a %d-process checkpoint on %d: the data position moves to the same fraction of "
+                        "the epoch and the LSTM state restarts", state["world_size"], acc.num_processes)
         acc.unwrap_model(self.model).load_state_dict(ckpt.load_model_state(path))
         self.optimizer.load_state_dict(ckpt.load_tensors(path / "optimizer.pt"))
-        rng = ckpt.load_tensors(path / f"rng-rank{rank}.pt")
-        torch.set_rng_state(rng["cpu"])
-        if "cuda" in rng and torch.cuda.is_available():
-            torch.cuda.set_rng_state(rng["cuda"])
-        flat = ckpt.load_tensors(path / f"state-rank{rank}.pt")["lstm"]
-        self.state = None
-        if flat:
-            dev = acc.device
-            pairs = [(flat[i].to(dev), flat[i + 1].to(dev)) for i in range(0, len(flat), 2)]
-            half = len(pairs) // 2
-            self.state = [pairs[:half], pairs[half:]]
+        rng_file = path / f"rng-rank{rank}.pt"
+        if rng_file.is_file():
+            rng = ckpt.load_tensors(rng_file)
+            torch.set_rng_state(rng["cpu"])
+            if "cuda" in rng and torch.cuda.is_available():
+                torch.cuda.set_rng_state(rng["cuda"])
+        else:  # a rank the checkpoint didn't have
+            torch.manual_seed(self.cfg.train.seed + 1 + rank + state["step"])
+        self.state = self._load_lstm_state(path / f"state-rank{rank}.pt") if same_layout else None
         self.batcher.load_state_dict(state["data"])
         self.step, self.tokens = state["step"], state["tokens"]
         log.info("resumed from %s at step %d", path, self.step)
+
+    def _load_lstm_state(self, path: Path):
+        flat = ckpt.load_tensors(path)["lstm"]
+        if not flat:
+            return None
+        dev = self.accelerator.device
+        pairs = [(flat[i].to(dev), flat[i + 1].to(dev)) for i in range(0, len(flat), 2)]
+        half = len(pairs) // 2
+        return [pairs[:half], pairs[half:]]
 
     # -- the loop ------------------------------------------------------------------------------
     def _micro_step(self, batch: dict, denom: int) -> dict:

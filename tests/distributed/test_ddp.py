@@ -16,11 +16,13 @@ EXACT = ["model.softmax=full", "model.dropout=0", "train.max_steps=12", "train.e
          "optim.name=adagrad", "optim.lr=0.2"]
 
 
-def torchrun(nproc: int, *args: str, extra_env: dict | None = None):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", **(extra_env or {})}
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+
+def torchrun(nproc: int, *args: str):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_addr", "127.0.0.1",
            "--master_port", "29517", "-m", "elmo_dist", *args]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return proc
 
@@ -75,3 +77,32 @@ def test_fp16_on_cpu_is_refused_and_bf16_runs(tmp_path, grammar_corpus):
                            "train.eval_every=0"))
     summary = json.loads((tmp_path / "bf" / "summary.json").read_text())
     assert summary["steps"] == 4 and summary["val_ppl"] < summary["unigram_ppl"] * 2
+
+
+def test_two_nodes_on_localhost_train_as_one_group(tmp_path, grammar_corpus):
+    run_cli(*pretrain_args(tmp_path / "one", grammar_corpus, "data.batch_size=16"))
+
+    def node(rank):
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--node_rank", str(rank),
+               "--nproc_per_node", "1", "--master_addr", "127.0.0.1", "--master_port", "29523", "-m", "elmo_dist",
+               *pretrain_args(tmp_path / "nodes", grammar_corpus, "data.batch_size=8")]
+        return subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+    nodes = [node(0), node(1)]
+    outputs = [p.communicate(timeout=600)[0] for p in nodes]
+    assert [p.returncode for p in nodes] == [0, 0], outputs
+    summary = json.loads((tmp_path / "nodes" / "summary.json").read_text())
+    assert summary["processes"] == 2 and summary["ranks_in_sync"] is True
+    one, two = final_weights(tmp_path / "one"), final_weights(tmp_path / "nodes")
+    for name in one:
+        torch.testing.assert_close(two[name], one[name], rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_resume_a_two_process_run_on_one_process(tmp_path, grammar_corpus):
+    args = pretrain_args(tmp_path / "r", grammar_corpus, "data.batch_size=8", "train.eval_every=0")
+    torchrun(2, *args, "--stop-at-step", "6")
+    proc = run_cli(*args, "data.batch_size=16")
+    assert "resuming a 2-process checkpoint on 1" in proc.stderr and "at step 6" in proc.stderr
+    summary = json.loads((tmp_path / "r" / "summary.json").read_text())
+    assert summary["steps"] == 12 and summary["processes"] == 1 and summary["tokens"] == 12 * 16 * 10
+    assert summary["val_ppl"] < summary["unigram_ppl"] * 2
