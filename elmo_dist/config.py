@@ -120,6 +120,15 @@ class DistConfig:
     """no | bf16 | fp16 (fp16 needs CUDA; bf16 on CPU is a slow correctness path)."""
     gradient_accumulation_steps: int = 1
     """Micro-batches per optimizer step. Global batch = data.batch_size x this x number of processes."""
+    zero_stage: int = 0
+    """DeepSpeed ZeRO: 0 = plain data parallel (DDP), 1 = shard optimizer state, 2 = + gradients, 3 = + weights."""
+    offload_optimizer: str = "none"
+    """none | cpu: keep ZeRO's optimizer state in host memory (stages 1-3)."""
+    offload_params: str = "none"
+    """none | cpu: keep the weights in host memory (stage 3 only)."""
+    deepspeed_config: str = ""
+    """Optional DeepSpeed JSON (e.g. configs/deepspeed/zero3.json) for bucket tuning; keys the run config
+    also sets must agree with it, or the run stops."""
     backend: str = "auto"
     """Process-group backend: auto (nccl on CUDA, gloo on CPU), gloo or nccl."""
     timeout_minutes: int = 30
@@ -215,6 +224,12 @@ def validate(cfg: Config) -> None:
     _require(dist.gradient_accumulation_steps >= 1, "dist.gradient_accumulation_steps", "must be >= 1")
     _require(dist.backend in ("auto", "gloo", "nccl"), "dist.backend", f"must be auto, gloo or nccl, got '{dist.backend}'")
     _require(dist.timeout_minutes > 0, "dist.timeout_minutes", "must be positive")
+    _require(dist.zero_stage in (0, 1, 2, 3), "dist.zero_stage", f"must be 0, 1, 2 or 3, got {dist.zero_stage}")
+    _require(dist.offload_optimizer in ("none", "cpu"), "dist.offload_optimizer", "must be none or cpu")
+    _require(dist.offload_params in ("none", "cpu"), "dist.offload_params", "must be none or cpu")
+    _require(dist.offload_optimizer == "none" or dist.zero_stage > 0, "dist.offload_optimizer",
+             "needs dist.zero_stage 1, 2 or 3")
+    _require(dist.offload_params == "none" or dist.zero_stage == 3, "dist.offload_params", "needs dist.zero_stage 3")
     _require(cfg.logging.progress in ("auto", "bar", "lines"), "logging.progress", "must be auto, bar or lines")
 
 

@@ -19,7 +19,7 @@ if not torch.cuda.is_available():
     os.environ.setdefault("DS_ACCELERATOR", "cpu")
 
 from accelerate import Accelerator  # noqa: E402
-from accelerate.utils import InitProcessGroupKwargs  # noqa: E402
+from accelerate.utils import DeepSpeedPlugin, InitProcessGroupKwargs  # noqa: E402
 
 from elmo_dist.errors import ConfigError  # noqa: E402
 
@@ -49,10 +49,19 @@ def build_accelerator(cfg) -> Accelerator:
         raise ConfigError("config key 'dist.mixed_precision' is fp16, which needs CUDA; use bf16 or no on CPU")
     expected = _check_launch_env()
     backend = dist.backend if dist.backend != "auto" else ("nccl" if device == "cuda" else "gloo")
-    # a process-group spec on a single process makes Accelerate look for a group that isn't there
+    # a process-group spec on a single process makes Accelerate look for a group that isn't there;
+    # with DeepSpeed it is always needed, or on CPU every rank believes it is rank 0
     handlers = [InitProcessGroupKwargs(backend=backend, timeout=timedelta(minutes=dist.timeout_minutes))] \
-        if expected > 1 else []
-    accelerator = Accelerator(cpu=device == "cpu", mixed_precision=dist.mixed_precision, kwargs_handlers=handlers)
+        if expected > 1 or dist.zero_stage > 0 else []
+    if dist.zero_stage > 0:
+        from elmo_dist.train.deepspeed_config import deepspeed_config
+
+        plugin = DeepSpeedPlugin(hf_ds_config=deepspeed_config(cfg, expected))
+        # no cpu=True here: Accelerate would silently drop the DeepSpeed plugin
+        accelerator = Accelerator(deepspeed_plugin=plugin, mixed_precision=dist.mixed_precision, kwargs_handlers=handlers)
+    else:
+        accelerator = Accelerator(cpu=device == "cpu", mixed_precision=dist.mixed_precision, kwargs_handlers=handlers,
+                                  gradient_accumulation_steps=dist.gradient_accumulation_steps)
     if accelerator.num_processes != expected:
         raise ConfigError(
             f"WORLD_SIZE={expected} but the Accelerator sees {accelerator.num_processes} process(es); "

@@ -62,10 +62,10 @@ def write_model(tmp: Path, state_dict: dict) -> None:
 
 def commit(tmp: Path, step: int, keep_last: int) -> Path:
     """Checksum, mark complete, rename into place and drop checkpoints beyond the newest `keep_last`."""
-    files = sorted(p for p in tmp.iterdir() if p.is_file())
+    files = sorted(p for p in tmp.rglob("*") if p.is_file())
     for p in files:
         _fsync(p)
-    marker = {"step": step, "sha256": {p.name: _sha256(p) for p in files}}
+    marker = {"step": step, "sha256": {str(p.relative_to(tmp)): _sha256(p) for p in files}}
     (tmp / COMPLETE).write_text(json.dumps(marker, indent=1))
     _fsync(tmp / COMPLETE)
     final = tmp.parent / f"step-{step}"

@@ -64,6 +64,7 @@ class Trainer:
         self.model = build_bilm(cfg.model, len(self.corpus.vocab))
         self.optimizer = build_optimizer(cfg.optim, self.model.parameters())
         self.model, self.optimizer = acc.prepare(self.model, self.optimizer)
+        self.uses_deepspeed = cfg.dist.zero_stage > 0
         try:
             self.batcher = WindowBatcher(self.corpus, cfg.data.batch_size, cfg.data.unroll_steps, cfg.train.seed,
                                          acc.process_index, acc.num_processes, stateful=cfg.data.stateful)
@@ -84,11 +85,15 @@ class Trainer:
         if acc.is_main_process:
             tmp = ckpt.begin(self.run_dir, self.step)
         acc.wait_for_everyone()
+        weights = acc.get_state_dict(self.model)  # every rank takes part: ZeRO-3 gathers the shards
+        if self.uses_deepspeed:  # ZeRO-partitioned weights and optimizer state, one file per rank
+            acc.deepspeed_engine_wrapped.engine.save_checkpoint(str(tmp / "deepspeed"), tag="state")
         if acc.is_main_process:
-            ckpt.write_model(tmp, acc.get_state_dict(self.model))
-            torch.save(self.optimizer.state_dict(), tmp / "optimizer.pt")
+            ckpt.write_model(tmp, weights)
+            if not self.uses_deepspeed:
+                torch.save(self.optimizer.state_dict(), tmp / "optimizer.pt")
             trainer_state = {"step": self.step, "tokens": self.tokens, "data": self.batcher.state_dict(),
-                             "world_size": acc.num_processes}
+                             "world_size": acc.num_processes, "zero_stage": self.cfg.dist.zero_stage}
             (tmp / "trainer_state.json").write_text(json.dumps(trainer_state, indent=1))
             C.save_config(self.cfg, tmp / "config.yaml")
         rng = {"cpu": torch.get_rng_state()}
@@ -122,11 +127,19 @@ class Trainer:
         acc, rank = self.accelerator, self.accelerator.process_index
         state = json.loads((path / "trainer_state.json").read_text())
         same_layout = state["world_size"] == acc.num_processes
+        zero = state.get("zero_stage", 0)
+        if zero != self.cfg.dist.zero_stage or (zero and not same_layout):
+            raise CheckpointError(f"{path}: saved with ZeRO stage {zero} on {state['world_size']} process(es); a ZeRO "
+                                  "checkpoint resumes only with the same stage and process count. Start a new run from "
+                                  "its weights with `elmo-dist export` instead")
         if not same_layout:
             log.warning("resuming a %d-process checkpoint on %d: the data position moves to the same fraction of "
                         "the epoch and the LSTM state restarts", state["world_size"], acc.num_processes)
-        acc.unwrap_model(self.model).load_state_dict(ckpt.load_model_state(path))
-        self.optimizer.load_state_dict(ckpt.load_tensors(path / "optimizer.pt"))
+        if self.uses_deepspeed:
+            acc.deepspeed_engine_wrapped.engine.load_checkpoint(str(path / "deepspeed"), tag="state")
+        else:
+            acc.unwrap_model(self.model).load_state_dict(ckpt.load_model_state(path))
+            self.optimizer.load_state_dict(ckpt.load_tensors(path / "optimizer.pt"))
         rng_file = path / f"rng-rank{rank}.pt"
         if rng_file.is_file():
             rng = ckpt.load_tensors(rng_file)
@@ -164,31 +177,37 @@ class Trainer:
         """One optimizer step over `gradient_accumulation_steps` micro-batches."""
         cfg, acc = self.cfg, self.accelerator
         accum = cfg.dist.gradient_accumulation_steps
-        # a fixed denominator (not the count of valid targets) keeps the average over
-        # micro-batches and processes exactly equal to one big batch
-        denom = 2 * cfg.data.batch_size * cfg.data.unroll_steps * accum
-        nll_f, nll_b, count = 0.0, 0.0, 0
-        for micro in range(accum):
-            if micro < accum - 1:
-                with acc.no_sync(self.model):  # gradients are all-reduced once, on the last micro-batch
-                    out = self._micro_step(self.batcher.next_batch(), denom)
-            else:
-                out = self._micro_step(self.batcher.next_batch(), denom)
-            nll_f, nll_b = nll_f + out["nll_fwd"].detach(), nll_b + out["nll_bwd"].detach()
-            count = count + out["count_fwd"] + out["count_bwd"]
-        params = self.model.parameters()
-        if cfg.optim.grad_clip > 0:
-            grad_norm = acc.clip_grad_norm_(params, cfg.optim.grad_clip)
-        else:
-            grad_norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params if p.grad is not None]))
+        # set before the micro-batches: under DeepSpeed the optimizer steps inside the last backward
         lr = lr_at(cfg.optim, self.step, cfg.train.max_steps)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
+        # a fixed denominator (not the count of valid targets) keeps the average over processes
+        # exactly equal to one big batch; Accelerate (or DeepSpeed) divides by `accum` itself
+        denom = 2 * cfg.data.batch_size * cfg.data.unroll_steps
+        nll_f, nll_b, count = 0.0, 0.0, 0
+        for _ in range(accum):
+            # gradients are all-reduced (and DeepSpeed steps) only on the last micro-batch
+            with acc.accumulate(self.model):
+                out = self._micro_step(self.batcher.next_batch(), denom)
+            nll_f, nll_b = nll_f + out["nll_fwd"].detach(), nll_b + out["nll_bwd"].detach()
+            count = count + out["count_fwd"] + out["count_bwd"]
+        grad_norm = self._clip()
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
-        self.tokens += cfg.data.batch_size * cfg.data.unroll_steps * accum * acc.num_processes
-        return {"nll_fwd": nll_f, "nll_bwd": nll_b, "count": count, "grad_norm": grad_norm.detach(), "lr": lr}
+        self.tokens += self.tokens_per_step
+        return {"nll_fwd": nll_f, "nll_bwd": nll_b, "count": count, "grad_norm": grad_norm, "lr": lr}
+
+    def _clip(self) -> torch.Tensor:
+        """Global-norm clipping; the norm before clipping (DeepSpeed clips inside its own step)."""
+        acc, clip = self.accelerator, self.cfg.optim.grad_clip
+        if self.uses_deepspeed:
+            norm = acc.deepspeed_engine_wrapped.engine.get_global_grad_norm()
+            return torch.as_tensor(0.0 if norm is None else float(norm))
+        params = [p for p in self.model.parameters() if p.grad is not None]
+        if clip > 0:
+            return acc.clip_grad_norm_(params, clip).detach()
+        return torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params])).detach()
 
     def _reduce(self, t: torch.Tensor) -> torch.Tensor:
         return self.accelerator.reduce(t, reduction="sum") if self.accelerator.num_processes > 1 else t
