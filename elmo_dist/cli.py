@@ -5,6 +5,7 @@
     elmo-dist evaluate runs/debug [key=value ...]
     elmo-dist finetune configs/finetune.yaml [key=value ...]
     elmo-dist embed runs/debug sentences.txt out.hdf5
+    elmo-dist export runs/debug --out models/debug
 
 A mistake a user can fix (a missing file, a bad key, a broken checkpoint) prints one line,
 `elmo-dist: error: ...`, and exits with status 2; `--debug` adds the traceback.
@@ -54,6 +55,11 @@ def _add_run_parsers(sub) -> None:
     e.add_argument("checkpoint", help="a run directory (its newest checkpoint) or a checkpoints/step-N directory")
     e.add_argument("overrides", nargs="*", help="dotted overrides, e.g. data.dir=other/prepared")
     e.add_argument("--out", help="where summary.json goes (default: RUN_DIR/eval/step-N)")
+    x = sub.add_parser("export", help="write consolidated fp32 weights (safetensors) and the config of a run",
+                       description="Consolidate a run's newest (or a given) checkpoint, whatever trained it "
+                                   "(DDP or ZeRO 1-3), into model.safetensors + config.yaml + vocab.txt.")
+    x.add_argument("run", help="a run directory or a checkpoints/step-N directory")
+    x.add_argument("--out", help="output directory (default: RUN_DIR/export)")
     f = sub.add_parser("finetune", help="train text classifiers on a pretrained biLM's layers",
                        description="Train the layer-combination variants (frozen, scalar_mix, learned_fn, top) on a "
                                    "text classification data set and compare them with a TF-IDF baseline.")
@@ -131,6 +137,14 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from elmo_dist.train.export import export_run
+
+    res = export_run(args.run, args.out)
+    print(f"exported step {res['step']} of {res['source']} -> {res['out']}")
+    return 0
+
+
 def cmd_finetune(args) -> int:
     from elmo_dist.classify.config import load_finetune_config
     from elmo_dist.classify.finetune import finetune
@@ -154,7 +168,7 @@ def cmd_embed(args) -> int:
     return 0
 
 
-COMMANDS = {"prepare": cmd_prepare, "pretrain": cmd_pretrain, "evaluate": cmd_evaluate, "finetune": cmd_finetune,
+COMMANDS = {"prepare": cmd_prepare, "pretrain": cmd_pretrain, "evaluate": cmd_evaluate, "finetune": cmd_finetune, "export": cmd_export,
             "embed": cmd_embed}
 
 

@@ -40,7 +40,7 @@ class Embedder:
     def from_run(cls, path: str | Path, device: str = "auto") -> "Embedder":
         """Load the newest checkpoint of a run directory, or a given checkpoint directory."""
         found = ckpt.resolve(path)
-        run_dir = found.parent.parent
+        run_dir = ckpt.run_dir_of(found)
         cfg = C.load_config(found / "config.yaml")
         vocab = Vocabulary.load(run_dir / "vocab.txt")
         model = build_bilm(cfg.model, len(vocab))

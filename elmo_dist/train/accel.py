@@ -48,6 +48,9 @@ def build_accelerator(cfg) -> Accelerator:
     if dist.mixed_precision == "fp16" and device != "cuda":
         raise ConfigError("config key 'dist.mixed_precision' is fp16, which needs CUDA; use bf16 or no on CPU")
     expected = _check_launch_env()
+    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true" and dist.zero_stage == 0:
+        raise ConfigError("launched with an Accelerate DeepSpeed config, but config key 'dist.zero_stage' is 0; "
+                          "choose ZeRO in the run config (dist.zero_stage) and launch with configs/accelerate/deepspeed.yaml")
     backend = dist.backend if dist.backend != "auto" else ("nccl" if device == "cuda" else "gloo")
     # a process-group spec on a single process makes Accelerate look for a group that isn't there;
     # with DeepSpeed it is always needed, or on CPU every rank believes it is rank 0

@@ -54,10 +54,10 @@ def begin(run_dir: str | Path, step: int) -> Path:
     return tmp
 
 
-def write_model(tmp: Path, state_dict: dict) -> None:
+def write_model(tmp: Path, state_dict: dict, name: str = "model.safetensors") -> None:
     tensors = {k: v.detach().to("cpu", torch.float32 if v.is_floating_point() else v.dtype).contiguous()
                for k, v in state_dict.items()}
-    save_file(tensors, str(tmp / "model.safetensors"))
+    save_file(tensors, str(tmp / name))
 
 
 def commit(tmp: Path, step: int, keep_last: int) -> Path:
@@ -120,11 +120,23 @@ def find_latest(run_dir: str | Path, log=None) -> Path | None:
     return None
 
 
+def is_export(path: Path) -> bool:
+    """A directory written by `elmo-dist export`: weights and config, no checkpoints."""
+    return (path / "export.json").is_file() and (path / "model.safetensors").is_file()
+
+
+def run_dir_of(found: Path) -> Path:
+    """The run (or export) directory that holds vocab.txt for a resolved checkpoint."""
+    return found if is_export(found) else found.parent.parent
+
+
 def resolve(path: str | Path) -> Path:
-    """A run directory (its newest checkpoint) or a checkpoint directory, verified."""
+    """A run directory (its newest checkpoint), a checkpoint directory or an export, verified."""
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"{path}: no such run or checkpoint directory")
+    if is_export(path):
+        return path
     if (path / COMPLETE).exists() or _STEP_DIR.match(path.name):
         why = verify(path)
         if why:

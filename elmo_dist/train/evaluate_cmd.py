@@ -28,7 +28,7 @@ def evaluate_checkpoint(path: str, overrides: list[str], out: str | None = None)
     latest = ckpt.resolve(path)
     cfg = C.load_config(latest / "config.yaml", overrides)
     corpus = PreparedCorpus(cfg.data.dir, cfg.model.max_chars_per_token)
-    run_vocab = latest.parent.parent / "vocab.txt"
+    run_vocab = ckpt.run_dir_of(latest) / "vocab.txt"
     if run_vocab.is_file() and Vocabulary.load(run_vocab).tokens != corpus.vocab.tokens:
         raise CheckpointError(f"{cfg.data.dir}: its vocabulary differs from {run_vocab}, the one the run was trained with")
     model = build_bilm(cfg.model, len(corpus.vocab))
@@ -42,11 +42,12 @@ def evaluate_checkpoint(path: str, overrides: list[str], out: str | None = None)
     t0 = time.perf_counter()
     res = evaluate_bilm(model, corpus, cfg.data, device)
     seconds = time.perf_counter() - t0
-    step = json.loads((latest / "trainer_state.json").read_text())["step"]
+    state_file = latest / ("export.json" if ckpt.is_export(latest) else "trainer_state.json")
+    step = json.loads(state_file.read_text())["step"]
     summary = {**res, "unigram_ppl": unigram_ppl(corpus, cfg.data.max_eval_tokens), "steps": step,
                "tokens": res["val_tokens"],
                "tokens_per_s": res["val_tokens"] / max(seconds, 1e-9), "checkpoint": str(latest), "data_dir": cfg.data.dir}
-    out_dir = Path(out) if out else latest.parent.parent / "eval" / latest.name
+    out_dir = Path(out) if out else ckpt.run_dir_of(latest) / "eval" / latest.name
     out_dir.mkdir(parents=True, exist_ok=True)
     summary["summary_path"] = str(out_dir / "summary.json")
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))

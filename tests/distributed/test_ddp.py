@@ -106,3 +106,16 @@ def test_resume_a_two_process_run_on_one_process(tmp_path, grammar_corpus):
     summary = json.loads((tmp_path / "r" / "summary.json").read_text())
     assert summary["steps"] == 12 and summary["processes"] == 1 and summary["tokens"] == 12 * 16 * 10
     assert summary["val_ppl"] < summary["unigram_ppl"] * 2
+
+
+def test_accelerate_launch_with_the_shipped_config(tmp_path, grammar_corpus):
+    run_cli(*pretrain_args(tmp_path / "one", grammar_corpus, "data.batch_size=16"))
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+           str(REPO / "configs/accelerate/multi_gpu.yaml"), "--num_processes", "2", "--main_process_port", "29527",
+           "-m", "elmo_dist", *pretrain_args(tmp_path / "acc", grammar_corpus, "data.batch_size=8", "train.device=cpu")]
+    proc = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    assert json.loads((tmp_path / "acc" / "summary.json").read_text())["processes"] == 2
+    one, two = final_weights(tmp_path / "one"), final_weights(tmp_path / "acc")
+    for name in one:
+        torch.testing.assert_close(two[name], one[name], rtol=1e-4, atol=1e-5, msg=name)

@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import REPO, TINY_OVERRIDES
+from conftest import REPO, TINY_OVERRIDES, run_cli
 
 EXACT = ["model.softmax=full", "model.dropout=0", "train.max_steps=8", "train.eval_every=0", "checkpoint.every=4",
          "optim.name=adagrad", "optim.lr=0.2", "data.batch_size=8"]
@@ -57,6 +57,15 @@ def test_zero_matches_plain_data_parallel(tmp_path, grammar_corpus, ddp_referenc
     assert_same(weights(ddp_reference), weights(run))
     summary = json.loads((run / "summary.json").read_text())
     assert summary["processes"] == 2 and summary["ranks_in_sync"] is True
+    if stage == 3:  # export consolidates the fp32 master shards: the same weights as plain DDP's export
+        run_cli("export", str(run), "--out", str(tmp_path / "z3"))
+        run_cli("export", str(ddp_reference), "--out", str(tmp_path / "ddp"))
+        assert_same(load_file(str(tmp_path / "ddp" / "model.safetensors")),
+                    load_file(str(tmp_path / "z3" / "model.safetensors")))
+        (tmp_path / "s.txt").write_text("the cat sees the fish .\n")
+        run_cli("embed", str(tmp_path / "z3"), str(tmp_path / "s.txt"), str(tmp_path / "e.hdf5"))
+        ev = run_cli("evaluate", str(tmp_path / "z3"), "--out", str(tmp_path / "ev"))
+        assert "held-out perplexity" in ev.stdout
 
 
 def test_zero2_resume_continues_identically(tmp_path, grammar_corpus):
