@@ -70,7 +70,7 @@ class Trainer:
                                          acc.process_index, acc.num_processes, stateful=cfg.data.stateful)
         except ValueError as e:
             raise DataError(str(e)) from None
-        self.step, self.tokens, self.state = 0, 0, None
+        self.step, self.tokens, self.state, self.fp16_skipped = 0, 0, None, 0
         self.tokens_per_step = (cfg.data.batch_size * cfg.data.unroll_steps * cfg.dist.gradient_accumulation_steps
                                 * acc.num_processes)
         # every rank built the same initial weights above; from here on dropout and sampling
@@ -93,7 +93,8 @@ class Trainer:
             if not self.uses_deepspeed:
                 torch.save(self.optimizer.state_dict(), tmp / "optimizer.pt")
             trainer_state = {"step": self.step, "tokens": self.tokens, "data": self.batcher.state_dict(),
-                             "world_size": acc.num_processes, "zero_stage": self.cfg.dist.zero_stage}
+                             "world_size": acc.num_processes, "zero_stage": self.cfg.dist.zero_stage,
+                             "fp16_skipped": self.fp16_skipped}
             (tmp / "trainer_state.json").write_text(json.dumps(trainer_state, indent=1))
             C.save_config(self.cfg, tmp / "config.yaml")
         rng = {"cpu": torch.get_rng_state()}
@@ -151,6 +152,7 @@ class Trainer:
         self.state = self._load_lstm_state(path / f"state-rank{rank}.pt") if same_layout else None
         self.batcher.load_state_dict(state["data"])
         self.step, self.tokens = state["step"], state["tokens"]
+        self.fp16_skipped = state.get("fp16_skipped", 0)
         log.info("resumed from %s at step %d", path, self.step)
 
     def _load_lstm_state(self, path: Path):
@@ -194,9 +196,19 @@ class Trainer:
         grad_norm = self._clip()
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
+        self._count_fp16_skips()
         self.step += 1
         self.tokens += self.tokens_per_step
         return {"nll_fwd": nll_f, "nll_bwd": nll_b, "count": count, "grad_norm": grad_norm, "lr": lr}
+
+    def _count_fp16_skips(self) -> None:
+        """fp16 loss scaling skips a step when gradients overflow; count them, for TensorBoard."""
+        if self.cfg.dist.mixed_precision != "fp16":
+            return
+        if self.uses_deepspeed:
+            self.fp16_skipped = int(self.accelerator.deepspeed_engine_wrapped.engine.skipped_steps)
+        elif self.optimizer.step_was_skipped:
+            self.fp16_skipped += 1
 
     def _clip(self) -> torch.Tensor:
         """Global-norm clipping; the norm before clipping (DeepSpeed clips inside its own step)."""
@@ -231,6 +243,8 @@ class Trainer:
         metrics = {"train/loss_fwd": loss_f, "train/loss_bwd": loss_b, "train/ppl": math.exp(0.5 * (loss_f + loss_b)),
                    "train/lr": acc_window[-1]["lr"], "train/grad_norm": float(acc_window[-1]["grad_norm"]),
                    "perf/tokens_per_s": n_tok / max(seconds, 1e-9)}
+        if self.cfg.dist.mixed_precision == "fp16":
+            metrics["train/fp16_skipped_steps"] = self.fp16_skipped
         self.metrics.log(metrics, self.step)
         self.last_train = metrics
         msg = (f"step {self.step}/{self.cfg.train.max_steps} loss fwd {loss_f:.3f} bwd {loss_b:.3f} "
