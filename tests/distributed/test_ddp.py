@@ -119,3 +119,21 @@ def test_accelerate_launch_with_the_shipped_config(tmp_path, grammar_corpus):
     one, two = final_weights(tmp_path / "one"), final_weights(tmp_path / "acc")
     for name in one:
         torch.testing.assert_close(two[name], one[name], rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_srun_style_tasks_form_one_group(tmp_path, grammar_corpus):
+    """Two processes started the way srun starts tasks: only SLURM_* variables, no torch ones."""
+    run_cli(*pretrain_args(tmp_path / "one", grammar_corpus, "data.batch_size=16"))
+    base = {k: v for k, v in ENV.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
+    tasks = []
+    for rank in (0, 1):
+        env = {**base, "SLURM_PROCID": str(rank), "SLURM_NTASKS": "2", "SLURM_LOCALID": str(rank),
+               "SLURM_JOB_NODELIST": "127.0.0.1", "SLURM_JOB_ID": "4711"}
+        cmd = [sys.executable, "-m", "elmo_dist", *pretrain_args(tmp_path / "srun", grammar_corpus, "data.batch_size=8")]
+        tasks.append(subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    outputs = [t.communicate(timeout=600)[0] for t in tasks]
+    assert [t.returncode for t in tasks] == [0, 0], outputs
+    assert json.loads((tmp_path / "srun" / "summary.json").read_text())["processes"] == 2
+    one, two = final_weights(tmp_path / "one"), final_weights(tmp_path / "srun")
+    for name in one:
+        torch.testing.assert_close(two[name], one[name], rtol=1e-4, atol=1e-5, msg=name)
