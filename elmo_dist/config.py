@@ -182,9 +182,7 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
     return config_from_tree(configlib.merge_trees(tree, over), str(path) if path else "overrides")
 
 
-def _require(ok: bool, key: str, why: str) -> None:
-    if not ok:
-        raise ConfigError(f"config key '{key}' {why}")
+_require = configlib.require
 
 
 def validate(cfg: Config) -> None:

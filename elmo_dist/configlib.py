@@ -57,6 +57,12 @@ def check_keys(tree: dict, source: str, root: type) -> None:
             raise ConfigError(f"{source}: unknown config key '{full}'{hint}")
 
 
+def require(ok: bool, key: str, why: str) -> None:
+    """A semantic check on one key: ConfigError naming it when `ok` is false."""
+    if not ok:
+        raise ConfigError(f"config key '{key}' {why}")
+
+
 def _drop_empty(tree: dict) -> dict:
     return {k: v for k, v in tree.items() if v is not None}
 

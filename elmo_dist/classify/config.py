@@ -98,9 +98,7 @@ class FinetuneConfig:
     """Add a TF-IDF + logistic-regression row, trained and tested on the same split."""
 
 
-def _require(ok: bool, key: str, why: str) -> None:
-    if not ok:
-        raise ConfigError(f"config key '{key}' {why}")
+_require = configlib.require
 
 
 def validate(cfg: FinetuneConfig) -> None:
