@@ -41,6 +41,7 @@ demo: $(VENV)/.demo-installed
 	@echo "TensorBoard logs: $(DEMO_DIR)  (tensorboard --logdir $(DEMO_DIR))"
 
 test: $(VENV)/.dev-installed
+	tests/slurm/install-slurm.sh
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest tests
 
 clean:

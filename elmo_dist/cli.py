@@ -6,6 +6,7 @@
     elmo-dist finetune configs/finetune.yaml [key=value ...]
     elmo-dist embed runs/debug sentences.txt out.hdf5
     elmo-dist export runs/debug --out models/debug
+    elmo-dist submit pretrain|finetune|pipeline CONFIG [key=value ...] [--slurm.key=value ...]
 
 A mistake a user can fix (a missing file, a bad key, a broken checkpoint) prints one line,
 `elmo-dist: error: ...`, and exits with status 2; `--debug` adds the traceback.
@@ -65,6 +66,8 @@ def _add_run_parsers(sub) -> None:
                                    "text classification data set and compare them with a TF-IDF baseline.")
     f.add_argument("config", help="YAML fine-tuning config, e.g. configs/finetune.yaml")
     f.add_argument("overrides", nargs="*", help="dotted overrides, e.g. bilm.path=runs/x 'variants=[frozen,top]'")
+    f.add_argument("--variant", help="train only this one of `variants` (a name, or an index from 0 such as "
+                                     "$SLURM_ARRAY_TASK_ID), in RUN_DIR/<variant>")
     m = sub.add_parser("embed", help="write ELMo representations of a text file to HDF5",
                        description="One sentence per line in; HDF5 out, keyed by line number (0-based) as "
                                    "`allennlp elmo` does: [L+1, tokens, dim] per sentence, or [tokens, dim] with --weights.")
@@ -76,6 +79,28 @@ def _add_run_parsers(sub) -> None:
     m.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
 
 
+def _add_submit(sub) -> None:
+    s = sub.add_parser("submit", help="run pretrain / finetune / the whole pipeline as Slurm jobs (submitit)",
+                       description="Queue jobs through submitit: Slurm where `srun` exists, local processes elsewhere, "
+                                   "or in this process with slurm.cluster=debug. Job parameters come from the config's "
+                                   "`slurm` section; `--slurm.key=value` is the same as the override `slurm.key=value`.")
+    kinds = s.add_subparsers(dest="kind", metavar="KIND", required=True)
+    for kind, help_ in (("pretrain", "one pretraining job (requeued and resumed on preemption)"),
+                        ("finetune", "the classifier variants as a job array, one task per variant"),
+                        ("pipeline", "pretraining, then the variants as an array that waits for it (afterok)")):
+        k = kinds.add_parser(kind, help=help_, description=help_)
+        k.add_argument("config", help="YAML config (a fine-tuning config for `finetune`)")
+        k.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.max_steps=1000 slurm.partition=gpu")
+        k.add_argument("--wait", action="store_true", help="wait for the jobs and print their results")
+        if kind == "finetune":
+            k.add_argument("--bilm", help="the pretraining run directory (sets bilm.path)")
+        if kind == "pipeline":
+            k.add_argument("--finetune", default="configs/finetune.yaml", metavar="CONFIG",
+                           help="fine-tuning config (default configs/finetune.yaml); bilm.path is set for you")
+            k.add_argument("--ft", action="append", default=[], metavar="KEY=VALUE",
+                           help="an override of the fine-tuning config (repeatable)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="elmo-dist", description="Distributed batch trainer for ELMo biLMs.")
     parser.add_argument("--version", action="version", version=f"elmo-dist {__version__}")
@@ -83,6 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _add_prepare(sub)
     _add_run_parsers(sub)
+    _add_submit(sub)
     return parser
 
 
@@ -116,12 +142,19 @@ def _print_ppl(summary: dict) -> None:
 
 def cmd_pretrain(args) -> int:
     from elmo_dist.config import load_config
+    from elmo_dist.train.stop import StopRequest
     from elmo_dist.train.trainer import pretrain
 
     cfg = load_config(args.config, args.overrides)
-    summary = pretrain(cfg, stop_at_step=args.stop_at_step)
-    if summary is None:  # not the main process: rank 0 reports
-        return 0
+    summary, is_main = pretrain(cfg, stop_at_step=args.stop_at_step)
+    # every rank exits with the same status, so srun and torchrun report the early stop too
+    status = 0 if summary["finished"] else StopRequest.exit_status(summary["stopped"])
+    if not is_main:  # rank 0 reports
+        return status
+    if status:
+        print(f"stopped at step {summary['steps']} ({summary['stopped']}); checkpoint {summary['checkpoint']}. "
+              f"Run the same command again to resume (exit status {status}).", file=sys.stderr)
+        return status
     _print_ppl(summary)
     print(f"steps {summary['steps']}, {summary['tokens_per_s']:,.0f} tokens/s; run directory {cfg.train.run_dir} "
           f"(tensorboard --logdir {cfg.train.run_dir})")
@@ -146,10 +179,11 @@ def cmd_export(args) -> int:
 
 
 def cmd_finetune(args) -> int:
-    from elmo_dist.classify.config import load_finetune_config
+    from elmo_dist.classify.config import load_finetune_config, single_variant
     from elmo_dist.classify.finetune import finetune
 
-    finetune(load_finetune_config(args.config, args.overrides))
+    cfg = load_finetune_config(args.config, args.overrides)
+    finetune(single_variant(cfg, args.variant) if args.variant is not None else cfg)
     return 0
 
 
@@ -168,12 +202,37 @@ def cmd_embed(args) -> int:
     return 0
 
 
+def cmd_submit(args) -> int:
+    from elmo_dist.launch import submit
+
+    if args.kind == "pretrain":
+        jobs = {"pretrain": submit.submit_pretrain(args.config, args.overrides)}
+    elif args.kind == "finetune":
+        jobs = {"finetune": submit.submit_finetune(args.config, args.overrides, bilm_path=args.bilm)}
+    else:
+        p = submit.submit_pipeline(args.config, args.overrides, args.finetune, args.ft)
+        jobs = {"pretrain": p.pretrain, "finetune": p.finetune}
+    for line in submit.describe(jobs):
+        print(line)
+    if args.wait:
+        for line in submit.wait(jobs):
+            print(line)
+    return 0
+
+
 COMMANDS = {"prepare": cmd_prepare, "pretrain": cmd_pretrain, "evaluate": cmd_evaluate, "finetune": cmd_finetune, "export": cmd_export,
-            "embed": cmd_embed}
+            "embed": cmd_embed, "submit": cmd_submit}
+
+
+def _slurm_flags(argv: list[str]) -> list[str]:
+    """After `submit`, '--slurm.partition=gpu' is the config override 'slurm.partition=gpu'."""
+    if "submit" not in argv:
+        return argv
+    return [a[2:] if a.startswith("--slurm.") else a for a in argv]
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(_slurm_flags(sys.argv[1:] if argv is None else list(argv)))
     try:
         return COMMANDS[args.command](args)
     except UserError as e:

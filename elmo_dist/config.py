@@ -15,6 +15,7 @@ from typing import Any, Optional
 
 from elmo_dist import configlib
 from elmo_dist.errors import ConfigError
+from elmo_dist.launch.config import SlurmConfig, validate_slurm
 
 # bilm-tf's char CNN: (width, number of filters) pairs, 2048 filters in total
 FULL_FILTERS = [[1, 32], [2, 32], [3, 64], [4, 128], [5, 256], [6, 512], [7, 1024]]
@@ -95,6 +96,12 @@ class TrainConfig:
     """auto (CUDA when present), cpu or cuda."""
     eval_every: int = 500
     """Held-out evaluation every N steps (0 = only at the end)."""
+    stop_signals: list = field(default_factory=lambda: ["USR2", "TERM"])
+    """On these signals, checkpoint at the next step boundary and exit: status 75 ("requeue me", e.g. Slurm's
+    USR2 warning before preemption or the time limit) or 143 for TERM. Running the same command again resumes."""
+    deadline_margin_s: int = 300
+    """When the job's end time is known (Slurm, or ELMO_DIST_DEADLINE in seconds since the epoch), checkpoint
+    and exit 75 this long before it, plus two of the slowest steps seen."""
 
 
 @dataclass
@@ -144,6 +151,8 @@ class Config:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     dist: DistConfig = field(default_factory=DistConfig)
+    slurm: SlurmConfig = field(default_factory=SlurmConfig)
+    """How `elmo-dist submit` runs this config; the trainer ignores it."""
 
 
 FLAVOURS: dict[str, dict[str, Any]] = {
@@ -212,6 +221,9 @@ def validate(cfg: Config) -> None:
     _require(t.max_steps > 0, "train.max_steps", f"must be positive, got {t.max_steps}")
     _require(t.device in ("auto", "cpu", "cuda"), "train.device", f"must be auto, cpu or cuda, got '{t.device}'")
     _require(t.eval_every >= 0, "train.eval_every", "must be >= 0")
+    _require(t.deadline_margin_s >= 0, "train.deadline_margin_s", "must be >= 0")
+    for name in t.stop_signals:
+        _require(_is_signal(name), "train.stop_signals", f"has '{name}', which is not a signal name such as USR2")
     _require(cfg.checkpoint.every >= 0, "checkpoint.every", "must be >= 0")
     _require(cfg.checkpoint.keep_last >= 1, "checkpoint.keep_last", "must be >= 1")
     _require(cfg.checkpoint.resume in ("auto", "never"), "checkpoint.resume", "must be auto or never")
@@ -229,6 +241,17 @@ def validate(cfg: Config) -> None:
              "needs dist.zero_stage 1, 2 or 3")
     _require(dist.offload_params == "none" or dist.zero_stage == 3, "dist.offload_params", "needs dist.zero_stage 3")
     _require(cfg.logging.progress in ("auto", "bar", "lines"), "logging.progress", "must be auto, bar or lines")
+    validate_slurm(cfg.slurm)
+
+
+def _is_signal(name) -> bool:
+    from elmo_dist.train.stop import parse_signal
+
+    try:
+        parse_signal(name)
+    except (KeyError, ValueError):
+        return False
+    return True
 
 
 def to_dict(cfg: Config) -> dict:

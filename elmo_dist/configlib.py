@@ -114,6 +114,11 @@ def to_yaml(cfg) -> str:
     return OmegaConf.to_yaml(OmegaConf.structured(cfg))
 
 
+def to_container(cfg) -> dict:
+    """A config instance as plain nested dicts and lists (picklable, YAML-able)."""
+    return OmegaConf.to_container(OmegaConf.structured(cfg))
+
+
 def save_config(cfg, path: str | Path) -> None:
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     Path(path).write_text(to_yaml(cfg))

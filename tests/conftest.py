@@ -1,6 +1,7 @@
 """Shared test helpers: a generated corpus with learnable structure, and a CLI runner."""
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -72,3 +73,13 @@ def order_task_sentence(rng, first: str, second: str) -> str:
     verbs = ["sees", "likes", "finds", "hears"]
     tail = ["today", "again", "at night", "quickly"]
     return f"the {first} {verbs[rng.integers(4)]} the {second} {tail[rng.integers(4)]} ."
+
+
+def write_order_task(path, n, seed):
+    """A JSONL task: label = which of two animals is the subject (same words in both classes)."""
+    rng = np.random.default_rng(seed)
+    with open(path, "w") as f:
+        for _ in range(n):
+            a, b = ("cat", "fish") if rng.random() < 0.5 else ("fish", "cat")
+            f.write(json.dumps({"text": order_task_sentence(rng, a, b), "label": f"{a}_first"}) + "\n")
+    return path

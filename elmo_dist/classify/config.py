@@ -12,6 +12,7 @@ from pathlib import Path
 
 from elmo_dist import configlib
 from elmo_dist.errors import ConfigError
+from elmo_dist.launch.config import SlurmConfig, validate_slurm
 from elmo_dist.model.scalar_mix import VARIANTS
 
 
@@ -93,9 +94,12 @@ class FinetuneConfig:
     optim: FinetuneOptim = field(default_factory=FinetuneOptim)
     train: FinetuneTrain = field(default_factory=FinetuneTrain)
     variants: list = field(default_factory=list)
-    """Run these variants one after the other, each in RUN_DIR/<variant>, and compare them."""
+    """Run these variants one after the other, each in RUN_DIR/<variant>, and compare them.
+    Empty: train only classifier.variant, with its outputs in RUN_DIR itself."""
     baseline: bool = True
     """Add a TF-IDF + logistic-regression row, trained and tested on the same split."""
+    slurm: SlurmConfig = field(default_factory=SlurmConfig)
+    """How `elmo-dist submit finetune` runs this config (one array task per variant)."""
 
 
 _require = configlib.require
@@ -118,6 +122,7 @@ def validate(cfg: FinetuneConfig) -> None:
         _require(getattr(cfg.train, key) > 0, f"train.{key}", "must be positive")
     _require(cfg.optim.lr > 0 and cfg.bilm.lr > 0, "optim.lr", "and bilm.lr must be positive")
     _require(cfg.bilm.batch_size > 0, "bilm.batch_size", "must be positive")
+    validate_slurm(cfg.slurm)
 
 
 def load_finetune_config(path: str | Path | None, overrides: list[str] = ()) -> FinetuneConfig:
@@ -127,3 +132,23 @@ def load_finetune_config(path: str | Path | None, overrides: list[str] = ()) -> 
     cfg = configlib.build(FinetuneConfig, [configlib.merge_trees(tree, over)], source)
     validate(cfg)
     return cfg
+
+
+def single_variant(cfg: FinetuneConfig, which: str) -> FinetuneConfig:
+    """The config of one of cfg.variants (by name or 0-based index), to run alone in RUN_DIR/<variant>.
+
+    This is how a job array splits the comparison: task i trains variants[i].
+    """
+    names = list(cfg.variants) or [cfg.classifier.variant]
+    if str(which).isdigit():
+        _require(int(which) < len(names), "variants", f"has {len(names)} entries; there is no variant #{which}")
+        variant = names[int(which)]
+    else:
+        _require(which in names, "variants", f"does not include '{which}' ({', '.join(names)})")
+        variant = which
+    tree = configlib.to_container(cfg)
+    tree = configlib.merge_trees(tree, {"variants": [], "classifier": {"variant": variant},
+                                        "train": {"run_dir": str(Path(cfg.train.run_dir) / variant)}})
+    out = configlib.build(FinetuneConfig, [tree], "config")
+    validate(out)
+    return out

@@ -3,7 +3,8 @@
     elmo-dist finetune configs/finetune.yaml bilm.path=runs/demo/pretrain data.train=news.csv \
         "variants=[frozen,scalar_mix,learned_fn,top]"
 
-Each variant trains in RUN_DIR/<variant>/ (best checkpoint, metrics.json, report.txt, confusion
+Each of `variants` trains in RUN_DIR/<variant>/ (with `variants: []`, the one `classifier.variant`
+trains in RUN_DIR itself) (best checkpoint, metrics.json, report.txt, confusion
 matrix and training-curve PNGs, TensorBoard events), then a comparison table with a TF-IDF +
 logistic-regression baseline on the same split is printed and written to RUN_DIR/summary.json.
 With a frozen biLM (the default) every document's layers are computed once and shared by all
@@ -223,7 +224,8 @@ def finetune(cfg: FinetuneConfig) -> dict:
         log.info("cached biLM layers of %d documents in %.1f s", sum(map(len, docs.values())), time.perf_counter() - t0)
     rows, results = [], {}
     for variant in cfg.variants or [cfg.classifier.variant]:
-        out = run_dir / variant
+        # one job per variant (a Slurm array) gives each its own run_dir: no sub-folder then
+        out = run_dir / variant if cfg.variants else run_dir
         out.mkdir(parents=True, exist_ok=True)
         (out / "labels.json").write_text(json.dumps(splits.labels, indent=1))
         if cfg.bilm.trainable:  # every variant starts from the pretrained biLM
@@ -252,5 +254,6 @@ def _finish(cfg, run_dir: Path, splits: Splits, y: dict, rows: list, results: di
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     (run_dir / "comparison.txt").write_text(table)
     print(table, end="")
-    print(f"per-variant reports, plots and TensorBoard logs under {run_dir}/<variant>/ (tensorboard --logdir {run_dir})")
+    where = f"{run_dir}/<variant>/" if cfg.variants else f"{run_dir}/"
+    print(f"per-variant reports, plots and TensorBoard logs under {where} (tensorboard --logdir {run_dir})")
     return summary

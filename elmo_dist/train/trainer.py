@@ -27,6 +27,7 @@ from elmo_dist.train import checkpoint as ckpt
 from elmo_dist.train.accel import build_accelerator
 from elmo_dist.train.evaluate import evaluate_bilm, to_device, unigram_ppl
 from elmo_dist.train.metrics import MetricsLogger, log, setup_logging
+from elmo_dist.train.stop import StopRequest
 
 
 def build_optimizer(cfg: C.OptimConfig, params) -> torch.optim.Optimizer:
@@ -280,24 +281,30 @@ class Trainer:
         log.info("training steps %d -> %d on %d process(es), %s; model %.2fM parameters", self.step, stop,
                  acc.num_processes, acc.device, sum(p.numel() for p in self.model.parameters()) / 1e6)
         bar, window, start_step, t0, t_window = self._progress_bar(), [], self.step, time.perf_counter(), time.perf_counter()
-        self.last_train, res = {}, None
-        while self.step < stop:
-            window.append(self.train_step())
+        self.last_train, res, self.stop_reason = {}, None, None
+        # signals that arrive mid-step are recorded and acted on at the step boundary, saves included
+        with StopRequest.from_env(cfg.train.stop_signals, cfg.train.deadline_margin_s) as stopper:
+            while self.step < stop:
+                window.append(self.train_step())
+                if bar is not None:
+                    bar.update(1)
+                self.stop_reason = stopper.poll(acc)
+                if self.step % cfg.logging.log_every == 0 or self.step == stop or self.stop_reason:
+                    self._log_window(window, time.perf_counter() - t_window, bar)
+                    window, t_window = [], time.perf_counter()
+                if self.stop_reason:
+                    log.warning("stopping at step %d (%s): saving a checkpoint to resume from", self.step, self.stop_reason)
+                    break
+                if cfg.train.eval_every and self.step % cfg.train.eval_every == 0 and self.step < cfg.train.max_steps:
+                    res = self.evaluate()
+                if cfg.checkpoint.every and self.step % cfg.checkpoint.every == 0 and self.step < stop:
+                    self.save()
+            train_seconds = time.perf_counter() - t0
             if bar is not None:
-                bar.update(1)
-            if self.step % cfg.logging.log_every == 0 or self.step == stop:
-                self._log_window(window, time.perf_counter() - t_window, bar)
-                window, t_window = [], time.perf_counter()
-            if cfg.train.eval_every and self.step % cfg.train.eval_every == 0 and self.step < cfg.train.max_steps:
+                bar.close()
+            if self.step >= cfg.train.max_steps:
                 res = self.evaluate()
-            if cfg.checkpoint.every and self.step % cfg.checkpoint.every == 0 and self.step < stop:
-                self.save()
-        train_seconds = time.perf_counter() - t0
-        if bar is not None:
-            bar.close()
-        if self.step >= cfg.train.max_steps:
-            res = self.evaluate()
-        path = self.save()
+            path = self.save()
         return self._finish(res, path, start_step, train_seconds)
 
     def _ranks_in_sync(self) -> bool:
@@ -319,7 +326,8 @@ class Trainer:
         self.summary = {**(res or {}), "unigram_ppl": self.unigram, "steps": self.step, "tokens": self.tokens,
                         "processes": acc.num_processes, "ranks_in_sync": self._ranks_in_sync(),
                         "tokens_per_s": n / max(seconds, 1e-9), "train_ppl": self.last_train.get("train/ppl"),
-                        "finished": self.step >= self.cfg.train.max_steps, "checkpoint": str(path),
+                        "finished": self.step >= self.cfg.train.max_steps, "stopped": self.stop_reason,
+                        "checkpoint": str(path),
                         "run_dir": str(self.run_dir)}
         if acc.is_main_process:
             (self.run_dir / "summary.json").write_text(json.dumps(self.summary, indent=2))
@@ -329,8 +337,12 @@ class Trainer:
         return self.summary
 
 
-def pretrain(cfg: C.Config, stop_at_step: int = 0) -> dict | None:
-    """Train (or resume) a run; the summary on the main process, None on the others."""
+def pretrain(cfg: C.Config, stop_at_step: int = 0) -> tuple[dict, bool]:
+    """Train (or resume) a run: (its summary, whether this is the main process).
+
+    summary["stopped"] is None when the run reached its step target, else why it stopped early
+    (a checkpoint was written; running it again resumes): see elmo_dist.train.stop.
+    """
     trainer = Trainer(cfg, stop_at_step)
     summary = trainer.train()
-    return summary if trainer.accelerator.is_main_process else None
+    return summary, trainer.accelerator.is_main_process

@@ -10,21 +10,11 @@ import pytest
 from safetensors.torch import load_file
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from conftest import REPO, order_task_sentence, run_cli
+from conftest import REPO, order_task_sentence, run_cli, write_order_task
 
 FAST = ["train.device=cpu", "train.epochs=12", "train.patience=12", "train.batch_size=16", "optim.lr=0.003",
         "classifier.hidden_dim=64", "classifier.dropout=0.1", "bilm.batch_size=64"]
 PNG = b"\x89PNG\r\n\x1a\n"
-
-
-def write_order_task(path, n, seed):
-    """A JSONL task: label = which of two animals is the subject (same words in both classes)."""
-    rng = np.random.default_rng(seed)
-    with open(path, "w") as f:
-        for _ in range(n):
-            a, b = ("cat", "fish") if rng.random() < 0.5 else ("fish", "cat")
-            f.write(json.dumps({"text": order_task_sentence(rng, a, b), "label": f"{a}_first"}) + "\n")
-    return path
 
 
 @pytest.fixture(scope="module")

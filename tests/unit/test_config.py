@@ -166,7 +166,7 @@ def test_section_with_a_scalar_value_is_not_called_unknown():
 def test_far_off_key_lists_the_sections():
     msg = one_line_error(None, ["zzzzzz=1"])
     assert "'zzzzzz'" in msg
-    assert "checkpoint, data, dist, logging, model, optim, train" in msg
+    assert "checkpoint, data, dist, logging, model, optim, slurm, train" in msg
 
 
 def test_override_without_equals():

@@ -1,0 +1,73 @@
+"""The `slurm` config section: where and how `elmo-dist submit` runs a job.
+
+It sits in every run config (pretraining and fine-tuning) and is ignored by the trainers themselves:
+
+    slurm:
+      partition: gpu
+      nodes: 2
+      gpus_per_node: 4
+      time_min: 1440
+
+Override from the command line like any other key (`slurm.partition=debug`), or with
+`--slurm.partition=debug` after `elmo-dist submit ...`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from elmo_dist import configlib
+
+
+@dataclass
+class SlurmConfig:
+    cluster: str = "auto"
+    """auto (Slurm where `sbatch` exists, else local processes) | slurm | local | debug (in this process)."""
+    partition: str = ""
+    account: str = ""
+    qos: str = ""
+    constraint: str = ""
+    job_name: str = "elmo-dist"
+    nodes: int = 1
+    gpus_per_node: int = 0
+    """GPUs per node; 0 trains on CPU with gloo."""
+    tasks_per_node: int = 0
+    """Training processes per node; 0 = one per GPU (or 1 on CPU)."""
+    cpus_per_task: int = 4
+    mem_gb: int = 0
+    """Memory per node in GB; 0 = the partition's default."""
+    time_min: int = 1440
+    """Wall-clock limit per job, in minutes. The trainer checkpoints and requeues before it runs out."""
+    signal_delay_s: int = 120
+    """Slurm sends USR2 this long before the time limit; the trainer checkpoints and the job is requeued."""
+    max_requeues: int = 20
+    """Give up after this many preemptions/timeouts of one job."""
+    extra: list = field(default_factory=list)
+    """Further sbatch options, e.g. [exclusive, reservation=abc] -> --exclusive --reservation=abc."""
+    setup: list = field(default_factory=list)
+    """Shell lines run before the training processes start, e.g. ['module load cuda/12.4']."""
+    folder: str = ""
+    """Where submitit keeps job scripts, pickles and logs; default RUN_DIR/slurm."""
+
+
+def extra_parameters(cfg: SlurmConfig) -> dict:
+    """slurm.extra as sbatch parameters: 'exclusive' -> True, 'key=value' -> {'key': 'value'}."""
+    params = {}
+    for item in cfg.extra:
+        key, sep, value = str(item).lstrip("-").partition("=")
+        params[key.replace("-", "_")] = value if sep else True
+    return params
+
+
+def validate_slurm(cfg: SlurmConfig) -> None:
+    req = configlib.require
+    req(cfg.cluster in ("auto", "slurm", "local", "debug"), "slurm.cluster",
+        f"must be auto, slurm, local or debug, got '{cfg.cluster}'")
+    for key in ("nodes", "cpus_per_task", "time_min"):
+        req(getattr(cfg, key) > 0, f"slurm.{key}", f"must be positive, got {getattr(cfg, key)}")
+    for key in ("gpus_per_node", "tasks_per_node", "mem_gb", "signal_delay_s", "max_requeues"):
+        req(getattr(cfg, key) >= 0, f"slurm.{key}", f"must be >= 0, got {getattr(cfg, key)}")
+    req(all(str(x).lstrip("-") for x in cfg.extra), "slurm.extra", "has an empty sbatch option")
+
+
+def tasks_per_node(cfg: SlurmConfig) -> int:
+    return cfg.tasks_per_node or max(cfg.gpus_per_node, 1)

@@ -1,0 +1,217 @@
+"""Submit pretraining and fine-tuning as Slurm jobs with submitit, or run them locally or in-process.
+
+    from elmo_dist.launch import submit
+    job = submit.submit_pretrain("configs/small.yaml", ["train.max_steps=1000"], ["slurm.partition=gpu"])
+    submit.result(job)   # the run's summary.json as a dict; raises with the job's traceback if it failed
+
+    p = submit.submit_pipeline("configs/small.yaml", finetune_config="configs/finetune.yaml")
+    submit.result(p.pretrain), [submit.result(j) for j in p.finetune]
+
+(`submit.result(job)` is `job.result()` for one task and rank 0's entry of `job.results()` for a
+multi-task job, whose every task returns the same summary.)
+
+Configs are loaded and checked here, before anything is queued, so a mistake fails at once; the job
+receives the resolved config, not a path. Where the job runs comes from the config's `slurm` section
+(cluster=auto picks Slurm where `srun` exists, local processes elsewhere; debug runs in this process).
+
+Preemption and time limits: Slurm sends USR2 `slurm.signal_delay_s` before the end. The trainer
+records it and checkpoints at the next step boundary; then the job hands over to submitit's handler,
+which calls `checkpoint()` (a resubmission of the same job) and requeues it. The requeued job finds
+the checkpoint in train.run_dir and resumes exactly.
+"""
+from __future__ import annotations
+
+import signal
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import submitit
+
+from elmo_dist import configlib
+from elmo_dist.launch.config import SlurmConfig, extra_parameters, tasks_per_node
+
+
+def _usr_signal() -> signal.Signals:
+    return submitit.JobEnvironment._usr_sig()
+
+
+def _export_local_ranks() -> None:
+    """submitit's local executor numbers its processes in its own variables; torch wants RANK etc."""
+    import os
+
+    if os.environ.get("SUBMITIT_EXECUTOR") == "local" and int(os.environ.get("SUBMITIT_LOCAL_NTASKS", "1")) > 1:
+        submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+
+
+class PretrainJob(submitit.helpers.Checkpointable):
+    """`elmo-dist pretrain` as a submitit job; a requeued copy resumes from the run's newest checkpoint."""
+
+    def __init__(self, tree: dict):
+        self.tree = tree
+
+    def __call__(self) -> dict:
+        from elmo_dist.config import config_from_tree
+        from elmo_dist.train.trainer import pretrain
+
+        _export_local_ranks()
+        tree = configlib.merge_trees(self.tree, {"train": {"stop_signals": [_usr_signal().name]}})
+        summary, _ = pretrain(config_from_tree(tree, "submitted config"))
+        if summary["stopped"] and not summary["finished"]:
+            _hand_over_to_submitit(summary)
+        return summary
+
+
+def _hand_over_to_submitit(summary: dict) -> None:
+    """After the trainer saved at a step boundary: let submitit checkpoint this job and requeue it."""
+    handler = signal.getsignal(_usr_signal())
+    if callable(handler) and getattr(handler, "__self__", None).__class__.__name__ == "SignalHandler":
+        handler(_usr_signal(), None)  # rank 0: resubmission pickled, `scontrol requeue`, exit
+        sys.exit(0)  # other ranks: nothing to report; the requeue restarts them
+    raise RuntimeError(f"pretraining stopped at step {summary['steps']} ({summary['stopped']}) outside a "
+                       f"requeueable job; checkpoint {summary['checkpoint']}: submit it again to resume")
+
+
+class FinetuneJob(submitit.helpers.Checkpointable):
+    """One classifier variant (one array task); preempted, it starts again from the cached layers."""
+
+    def __init__(self, tree: dict):
+        self.tree = tree
+
+    def __call__(self) -> dict:
+        from elmo_dist.classify.config import FinetuneConfig, validate
+        from elmo_dist.classify.finetune import finetune
+
+        cfg = configlib.build(FinetuneConfig, [self.tree], "submitted config")
+        validate(cfg)
+        return finetune(cfg)
+
+
+def make_executor(slurm: SlurmConfig, folder: Path, name: str, tasks: int, gpus: int,
+                  extra: dict | None = None) -> submitit.Executor:
+    cluster = None if slurm.cluster == "auto" else slurm.cluster
+    chosen = cluster or submitit.AutoExecutor.which()
+    kwargs = {"slurm_max_num_timeout": slurm.max_requeues} if chosen == "slurm" else {}
+    executor = submitit.AutoExecutor(folder=folder, cluster=cluster, **kwargs)
+    params = dict(name=name, nodes=slurm.nodes, tasks_per_node=tasks, cpus_per_task=slurm.cpus_per_task,
+                  timeout_min=slurm.time_min, gpus_per_node=gpus)
+    if slurm.mem_gb:
+        params["mem_gb"] = slurm.mem_gb
+    if executor.cluster == "slurm":
+        for key in ("partition", "account", "qos", "constraint"):
+            if getattr(slurm, key):
+                params[f"slurm_{key}"] = getattr(slurm, key)
+        # one thread pool per task sized to its CPUs, as slurm/pretrain.sh does; unset, every process claims all cores
+        setup = [f"export OMP_NUM_THREADS=${{OMP_NUM_THREADS:-{slurm.cpus_per_task}}}", *slurm.setup]
+        params.update(slurm_signal_delay_s=slurm.signal_delay_s, slurm_setup=setup,
+                      slurm_additional_parameters={**extra_parameters(slurm), **(extra or {})})
+    executor.update_parameters(**params)
+    return executor
+
+
+def _folder(slurm: SlurmConfig, run_dir: str) -> Path:
+    return Path(slurm.folder or Path(run_dir) / "slurm")
+
+
+def submit_pretrain(config: str | None, overrides: list[str] = (), slurm_overrides: list[str] = ()):
+    """Queue a pretraining run; returns the submitit job (result() = the run's summary)."""
+    from elmo_dist.config import config_from_tree, load_config, to_dict
+
+    cfg = load_config(config, list(overrides) + _slurm_keys(slurm_overrides))
+    tree = to_dict(cfg)
+    config_from_tree(tree, "resolved config")  # what the job will build must build here too
+    s = cfg.slurm
+    executor = make_executor(s, _folder(s, cfg.train.run_dir), s.job_name, tasks_per_node(s), s.gpus_per_node)
+    return executor.submit(PretrainJob(tree))
+
+
+def _slurm_keys(items: list[str]) -> list[str]:
+    """'--slurm.partition=gpu', 'slurm.partition=gpu' and 'partition=gpu' all mean slurm.partition=gpu."""
+    out = []
+    for item in items:
+        item = item.lstrip("-")
+        out.append(item if item.startswith("slurm.") else "slurm." + item)
+    return out
+
+
+def _finetune_trees(config: str | None, overrides: list[str], bilm_path: str | None) -> tuple[list[dict], object]:
+    """One resolved fine-tuning config per variant, each with its own run_dir (RUN_DIR/<variant>)."""
+    from elmo_dist.classify.config import load_finetune_config, single_variant
+
+    extra = [f"bilm.path={bilm_path}"] if bilm_path else []
+    cfg = load_finetune_config(config, list(overrides) + extra)
+    n = len(cfg.variants) or 1
+    return [configlib.to_container(single_variant(cfg, str(i))) for i in range(n)], cfg
+
+
+def submit_finetune(config: str | None, overrides: list[str] = (), slurm_overrides: list[str] = (),
+                    after: str | None = None, bilm_path: str | None = None) -> list:
+    """Queue the classifier variants as one job array (one task per variant), optionally after a job id."""
+    trees, cfg = _finetune_trees(config, list(overrides) + _slurm_keys(slurm_overrides), bilm_path)
+    s = cfg.slurm
+    extra = {"dependency": f"afterok:{after}", "kill_on_invalid_dep": "yes"} if after else None
+    executor = make_executor(s, _folder(s, cfg.train.run_dir), s.job_name + "-finetune", 1,
+                             min(s.gpus_per_node, 1), extra)
+    with executor.batch():
+        jobs = [executor.submit(FinetuneJob(tree)) for tree in trees]
+    return jobs
+
+
+@dataclass
+class Pipeline:
+    pretrain: object
+    finetune: list
+    pretrain_dir: str
+    finetune_dir: str
+
+
+def submit_pipeline(config: str | None, overrides: list[str] = (), finetune_config: str | None = None,
+                    finetune_overrides: list[str] = (), slurm_overrides: list[str] = ()) -> Pipeline:
+    """Pretraining, then the classifier variants as an array that starts only if pretraining succeeded."""
+    from elmo_dist.config import load_config
+
+    cfg = load_config(config, list(overrides) + _slurm_keys(slurm_overrides))
+    pre = submit_pretrain(config, overrides, slurm_overrides)
+    after = pre.job_id if isinstance(pre, submitit.SlurmJob) else None
+    if after is None:
+        result(pre)  # local and debug executors know no dependencies: wait here instead
+    _, ft_cfg = _finetune_trees(finetune_config, finetune_overrides, cfg.train.run_dir)
+    jobs = submit_finetune(finetune_config, finetune_overrides, slurm_overrides, after=after,
+                           bilm_path=cfg.train.run_dir)
+    return Pipeline(pre, jobs, cfg.train.run_dir, ft_cfg.train.run_dir)
+
+
+def result(job) -> dict:
+    """Wait for a job; its summary (rank 0's for a multi-process job). Raises with the job's traceback."""
+    return job.results()[0]
+
+
+def _run_dir(job) -> str:
+    return job.submission().function.tree["train"]["run_dir"]
+
+
+def describe(jobs: dict) -> list[str]:
+    """What a user needs after submitting: job ids, run directories, logs and how to watch."""
+    lines, dirs = [], []
+    for kind, value in jobs.items():
+        for job in value if isinstance(value, list) else [value]:
+            run_dir = _run_dir(job)
+            dirs.append(run_dir)
+            lines.append(f"{kind:9s} job {job.job_id:>12s}  run {run_dir}  log {job.paths.stdout}")
+    parent = Path(dirs[0]).parent if len(dirs) > 1 else Path(dirs[0])
+    lines.append(f"watch: tensorboard --logdir {parent}    queue: squeue -u $USER")
+    return lines
+
+
+def wait(jobs: dict) -> list[str]:
+    """Block until every job ends; one line per result (job.result() raises with a failed job's traceback)."""
+    lines = []
+    for kind, value in jobs.items():
+        for job in value if isinstance(value, list) else [value]:
+            res = result(job)
+            if kind == "pretrain":
+                lines.append(f"pretrain  {job.job_id}: {res['steps']} steps, held-out ppl {res.get('val_ppl', float('nan')):.2f}")
+            else:
+                (variant, r), = res["variants"].items()
+                lines.append(f"finetune  {job.job_id}: {variant} test accuracy {r['test']['accuracy']:.4f}")
+    return lines

@@ -1,0 +1,97 @@
+"""Stopping early without losing work: signals and a wall-clock deadline become "checkpoint at the
+next step boundary, then exit", agreed by every rank.
+
+    stopper = StopRequest(signals=["USR2", "TERM"], deadline=1764000000.0, margin_s=300)
+    with stopper:
+        while training:
+            step()
+            reason = stopper.poll(accelerator)   # None, or why we must stop now
+
+A signal handler may interrupt a step anywhere, so it only records the signal; the training loop
+looks at it between steps, where the state is consistent and a checkpoint is exact. Ranks can get
+the signal at different moments (or read slightly different clocks), so the decision is reduced
+across ranks with a max: all stop at the same step, or none does.
+
+Cluster-neutral on purpose: the deadline comes from ELMO_DIST_DEADLINE (seconds since the epoch),
+which elmo_dist.launch.slurm_env fills in from the Slurm job's end time.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import torch
+
+# exit statuses of `elmo-dist pretrain` after a clean early stop (checkpoint written)
+EXIT_REQUEUE = 75  # EX_TEMPFAIL: stopped for a preemption warning or the time limit; run it again to continue
+EXIT_TERMINATED = 143  # 128 + SIGTERM: stopped because it was told to; the checkpoint lets it resume later
+
+_REASONS = {0: None, 1: "deadline", 2: "requeue signal", 3: "terminate signal"}
+
+
+def parse_signal(name: str) -> signal.Signals:
+    """'USR2', 'SIGUSR2' or '12' -> signal.SIGUSR2."""
+    name = str(name).upper()
+    if name.isdigit():
+        return signal.Signals(int(name))
+    return signal.Signals[name if name.startswith("SIG") else "SIG" + name]
+
+
+class StopRequest:
+    """Records stop signals and watches the deadline; `poll` says, identically on every rank, when to stop."""
+
+    def __init__(self, signals: list[str] = (), deadline: float | None = None, margin_s: float = 0.0):
+        self.signals = [parse_signal(s) for s in signals]
+        self.deadline, self.margin_s = deadline, margin_s
+        self.received: signal.Signals | None = None
+        self._previous: dict = {}
+        self._step_seconds = 0.0
+        self._last_poll: float | None = None
+
+    @classmethod
+    def from_env(cls, signals: list[str], margin_s: float) -> "StopRequest":
+        raw = os.environ.get("ELMO_DIST_DEADLINE", "")
+        return cls(signals, float(raw) if raw else None, margin_s)
+
+    def _handle(self, signum, frame) -> None:
+        self.received = signal.Signals(signum)
+
+    def __enter__(self) -> "StopRequest":
+        for sig in self.signals:
+            self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
+
+    def previous_handler(self, sig: signal.Signals):
+        """The handler that was installed before ours (e.g. submitit's requeue handler)."""
+        return self._previous.get(sig)
+
+    def _local_code(self) -> int:
+        if self.received is not None:
+            return 3 if self.received == signal.SIGTERM else 2
+        if self.deadline is None:
+            return 0
+        now = time.time()
+        if self._last_poll is not None:
+            self._step_seconds = max(self._step_seconds, now - self._last_poll)
+        self._last_poll = now
+        # leave room for the margin plus two more of the slowest step seen (the one running, and the save)
+        return 1 if now + self.margin_s + 2 * self._step_seconds >= self.deadline else 0
+
+    def poll(self, accelerator=None) -> str | None:
+        code = self._local_code()
+        if accelerator is not None and accelerator.num_processes > 1:
+            flag = torch.tensor([code], device=accelerator.device)
+            code = int(accelerator.gather(flag).max())
+        return _REASONS[code]
+
+    @staticmethod
+    def exit_status(reason: str | None) -> int:
+        if reason is None:
+            return 0
+        return EXIT_TERMINATED if reason == "terminate signal" else EXIT_REQUEUE

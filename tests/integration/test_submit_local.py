@@ -1,0 +1,104 @@
+"""`elmo-dist submit` without Slurm: the debug executor (in this process) and the local one (child
+processes, two ranks over gloo), which users without a cluster rely on; plus the trainer's
+signal/deadline stop that makes preemption safe."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from conftest import REPO, TINY_OVERRIDES, run_cli, write_order_task
+
+RUN = ["train.eval_every=0", "checkpoint.every=0", "train.max_steps=30"]
+
+
+def pretrain_overrides(run, data, *extra):
+    return [f"data.dir={data}", f"train.run_dir={run}", *TINY_OVERRIDES, *RUN, *extra]
+
+
+def test_cli_submit_pipeline_on_the_debug_executor(tmp_path, grammar_corpus):
+    write_order_task(tmp_path / "train.jsonl", 160, 0)
+    proc = run_cli("submit", "pipeline", str(REPO / "configs/debug.yaml"),
+                   *pretrain_overrides(tmp_path / "pre", grammar_corpus), "--slurm.cluster=debug",
+                   "--finetune", str(REPO / "configs/finetune.yaml"), "--ft", f"data.train={tmp_path / 'train.jsonl'}",
+                   "--ft", f"train.run_dir={tmp_path / 'ft'}", "--ft", "variants=[frozen,top]", "--ft", "train.epochs=2",
+                   "--ft", "train.device=cpu", "--ft", "slurm.cluster=debug", "--wait")
+    out = proc.stdout
+    assert f"run {tmp_path / 'pre'}" in out and f"run {tmp_path / 'ft' / 'frozen'}" in out
+    assert "watch: tensorboard --logdir" in out
+    assert "pretrain " in out and "30 steps" in out
+    assert "frozen test accuracy" in out and "top test accuracy" in out
+    assert json.loads((tmp_path / "pre" / "summary.json").read_text())["finished"]
+    assert (tmp_path / "ft" / "top" / "metrics.json").exists()
+
+
+def test_local_executor_runs_two_ranks(tmp_path, grammar_corpus):
+    from elmo_dist.launch.submit import result, submit_pretrain
+
+    job = submit_pretrain(str(REPO / "configs/debug.yaml"), pretrain_overrides(tmp_path / "run", grammar_corpus),
+                          ["cluster=local", "tasks_per_node=2", "cpus_per_task=1"])
+    summary = result(job)
+    assert summary["finished"] and summary["processes"] == 2 and summary["ranks_in_sync"]
+    assert (tmp_path / "run" / "checkpoints" / "step-30" / "COMPLETE").exists()
+
+
+def test_bad_slurm_key_fails_before_anything_is_queued(tmp_path, grammar_corpus):
+    proc = run_cli("submit", "pretrain", str(REPO / "configs/debug.yaml"),
+                   *pretrain_overrides(tmp_path / "run", grammar_corpus), "--slurm.partiton=gpu", check=False)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == ["elmo-dist: error: overrides: unknown config key 'slurm.partiton'; "
+                                                "did you mean 'slurm.partition'?"]
+    assert not (tmp_path / "run").exists()
+
+
+def _start_pretrain(tmp_path, grammar_corpus, *extra, env=None):
+    cmd = [sys.executable, "-m", "elmo_dist", "pretrain", str(REPO / "configs/debug.yaml"),
+           *pretrain_overrides(tmp_path / "run", grammar_corpus, "train.max_steps=100000", "logging.log_every=5"), *extra]
+    return subprocess.Popen(cmd, env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", **(env or {})},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for_step(proc, timeout=120) -> list[str]:
+    lines, deadline = [], time.time() + timeout
+    while time.time() < deadline:
+        line = proc.stderr.readline()
+        lines.append(line)
+        if "step 10/" in line:
+            return lines
+    raise AssertionError("".join(lines))
+
+
+def test_usr2_checkpoints_at_a_step_boundary_and_exits_75(tmp_path, grammar_corpus):
+    proc = _start_pretrain(tmp_path, grammar_corpus)
+    _wait_for_step(proc)
+    proc.send_signal(signal.SIGUSR2)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 75, err
+    step = int(err.split("stopped at step ")[1].split(" ")[0])
+    ckpt = tmp_path / "run" / "checkpoints" / f"step-{step}"
+    assert (ckpt / "COMPLETE").exists()
+    assert json.loads((ckpt / "trainer_state.json").read_text())["step"] == step
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["stopped"] == "requeue signal" and not summary["finished"]
+
+
+def test_term_checkpoints_and_exits_143(tmp_path, grammar_corpus):
+    proc = _start_pretrain(tmp_path, grammar_corpus)
+    _wait_for_step(proc)
+    proc.terminate()
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err
+    assert "terminate signal" in err and list((tmp_path / "run" / "checkpoints").glob("step-*/COMPLETE"))
+
+
+def test_deadline_stops_before_the_time_limit(tmp_path, grammar_corpus):
+    # a job that must end 8 s from now, with a 5 s margin: the trainer stops by itself, about 3 s in
+    proc = _start_pretrain(tmp_path, grammar_corpus, "train.deadline_margin_s=5",
+                           env={"ELMO_DIST_DEADLINE": f"{time.time() + 8:.0f}"})
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 75, err
+    assert "(deadline)" in err
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["stopped"] == "deadline"
