@@ -101,8 +101,15 @@ def _add_submit(sub) -> None:
                            help="an override of the fine-tuning config (repeatable)")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage mistake is one line like every other error (the usage is one --help away)."""
+
+    def error(self, message: str):
+        self.exit(2, f"elmo-dist: error: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="elmo-dist", description="Distributed batch trainer for ELMo biLMs.")
+    parser = _Parser(prog="elmo-dist", description="Distributed batch trainer for ELMo biLMs.")
     parser.add_argument("--version", action="version", version=f"elmo-dist {__version__}")
     parser.add_argument("--debug", action="store_true", help="show Python tracebacks for errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -123,7 +130,8 @@ def cmd_prepare(args) -> int:
     tr, ho = m["splits"]["train"], m["splits"]["heldout"]
     print(f"prepared {m['lines']:,} lines -> {tr['words']:,} train / {ho['words']:,} held-out words, "
           f"vocab {m['vocab_size']:,}, OOV rate {tr['oov_words'] / max(tr['words'], 1):.2%}")
-    print(f"skipped {m['empty_lines_skipped']:,} empty lines; {m['lines_with_bad_utf8']:,} lines had bad UTF-8 (replaced); "
+    print(f"skipped {m['empty_lines_skipped']:,} empty lines and {m['long_lines_skipped']:,} lines over 1 MiB; "
+          f"{m['lines_with_bad_utf8']:,} lines had bad UTF-8 (replaced); "
           f"{m['train_tokens_over_48_bytes']:,} training tokens truncated to 48 bytes for char ids")
     print(f"throughput: {m['tokens_per_s']:,.0f} tokens/s ({m['seconds']:.1f} s) -> {args.out}")
     summary = {"tokens": tr["words"] + ho["words"], "tokens_per_s": m["tokens_per_s"], "seconds": m["seconds"],

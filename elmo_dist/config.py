@@ -100,6 +100,10 @@ class TrainConfig:
     """On these signals, checkpoint at the next step boundary and exit: status 75 ("requeue me", e.g. Slurm's
     USR2 warning before preemption or the time limit) or 143 for TERM. Running the same command again resumes."""
     deadline_margin_s: int = 300
+    nonfinite: str = "skip"
+    """A step with a NaN/inf loss or gradient: skip (drop the update, count it) or stop at once."""
+    max_nonfinite_steps: int = 5
+    """Stop after this many bad steps in a row, naming the step and the last good checkpoint."""
     """When the job's end time is known (Slurm, or ELMO_DIST_DEADLINE in seconds since the epoch), checkpoint
     and exit 75 this long before it, plus two of the slowest steps seen."""
 
@@ -222,6 +226,8 @@ def validate(cfg: Config) -> None:
     _require(t.device in ("auto", "cpu", "cuda"), "train.device", f"must be auto, cpu or cuda, got '{t.device}'")
     _require(t.eval_every >= 0, "train.eval_every", "must be >= 0")
     _require(t.deadline_margin_s >= 0, "train.deadline_margin_s", "must be >= 0")
+    _require(t.nonfinite in ("skip", "stop"), "train.nonfinite", f"must be skip or stop, got '{t.nonfinite}'")
+    _require(t.max_nonfinite_steps >= 1, "train.max_nonfinite_steps", "must be >= 1")
     for name in t.stop_signals:
         _require(_is_signal(name), "train.stop_signals", f"has '{name}', which is not a signal name such as USR2")
     _require(cfg.checkpoint.every >= 0, "checkpoint.every", "must be >= 0")

@@ -20,3 +20,7 @@ class DataError(UserError):
 
 class CheckpointError(UserError):
     """A checkpoint can't be loaded or doesn't fit the run."""
+
+
+class TrainingDiverged(UserError):
+    """Training hit too many non-finite steps in a row; the message names the step and the last good checkpoint."""

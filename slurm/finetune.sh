@@ -39,5 +39,5 @@ if [ -n "${SLURM_ARRAY_TASK_ID:-}" ]; then
     variant=(--variant "${SLURM_ARRAY_TASK_ID}")
 fi
 echo "elmo-dist: job ${SLURM_JOB_ID} on ${SLURM_JOB_NODELIST}${SLURM_ARRAY_TASK_ID:+, array task ${SLURM_ARRAY_TASK_ID}}"
-# shellcheck disable=SC2086
-exec ${ELMO_DIST:-elmo-dist} finetune "$@" "${variant[@]}"
+read -r -a cli <<< "${ELMO_DIST:-elmo-dist}"
+exec "${cli[@]}" finetune "$@" "${variant[@]}"

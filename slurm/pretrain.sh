@@ -52,10 +52,12 @@ export OMP_NUM_THREADS="${OMP_NUM_THREADS:-${SLURM_CPUS_PER_TASK:-1}}"
 echo "elmo-dist: job ${SLURM_JOB_ID} (restart ${SLURM_RESTART_COUNT:-0}) on ${SLURM_JOB_NODELIST}:" \
      "${SLURM_NTASKS} tasks, rendezvous ${MASTER_ADDR}:${MASTER_PORT}"
 
-# srun starts one `elmo-dist pretrain` per task; each takes its rank from SLURM_PROCID
-# shellcheck disable=SC2086
-srun --kill-on-bad-exit=1 ${ELMO_DIST_SRUN_ARGS:-} ${ELMO_DIST:-elmo-dist} pretrain "$@" &
-srun_pid=$!
+# srun starts one `elmo-dist pretrain` per task; each takes its rank from SLURM_PROCID.
+# The two variables may hold several words; they are split here, once, and quoted from then on.
+read -r -a srun_args <<< "${ELMO_DIST_SRUN_ARGS:-}"
+read -r -a cli <<< "${ELMO_DIST:-elmo-dist}"
+srun --kill-on-bad-exit=1 "${srun_args[@]}" "${cli[@]}" pretrain "$@" &
+srun_pid="$!"
 
 received=""
 forward() {
@@ -70,11 +72,11 @@ trap 'forward TERM' TERM
 status=0
 while kill -0 "${srun_pid}" 2>/dev/null; do
     wait "${srun_pid}"
-    status=$?  # > 128 when a trapped signal interrupted the wait; the loop then waits again
+    status="$?"  # > 128 when a trapped signal interrupted the wait; the loop then waits again
 done
 wait "${srun_pid}" 2>/dev/null
-last=$?
-[ "${last}" -ne 127 ] && status=${last}
+last="$?"
+[ "${last}" -ne 127 ] && status="${last}"
 
 # 75: the trainer saved a checkpoint because of the warning signal or the time limit. A requeue signal
 # that arrived before the trainer could handle it (still starting up) also deserves another go.

@@ -147,7 +147,10 @@ def _decoded_lines(path: Path) -> Iterator[str]:
     """The file's lines, line ends kept (csv wants them), decoded one by one so errors have a line."""
     try:
         with open(path, "rb") as f:
-            for n, raw in enumerate(f, 1):
+            # bounded reads: one enormous line must not take all the memory before it is refused
+            for n, raw in enumerate(iter(lambda: f.readline(_FIELD_LIMIT + 1), b""), 1):
+                if len(raw) > _FIELD_LIMIT:
+                    raise DataError(f"{path}:{n}: line longer than {_FIELD_LIMIT >> 20} MiB; is this a text file?")
                 try:
                     line = raw.decode("utf-8")
                 except UnicodeDecodeError as e:

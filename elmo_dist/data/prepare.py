@@ -17,6 +17,7 @@ import gzip
 import json
 import os
 import time
+import zlib
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -53,6 +54,7 @@ class Stats:
     lines: int = 0
     empty_lines: int = 0
     lines_with_bad_utf8: int = 0
+    long_lines: int = 0
     tokens: int = 0
     sentences: int = 0
     oov_tokens: int = 0
@@ -80,11 +82,35 @@ def _open_bytes(path: Path):
     return gzip.open(path, "rb") if gz else open(path, "rb")
 
 
+# one sentence (or document) per line: a line past this is a broken file or not text, and reading it
+# whole would make memory grow with the file, so it is skipped (counted) in bounded chunks
+MAX_LINE_BYTES = 1 << 20
+
+
+def _raw_lines(f, path: Path, stats: Stats) -> Iterator[bytes]:
+    line_no = 0
+    while True:
+        raw = f.readline(MAX_LINE_BYTES + 1)
+        if not raw:
+            return
+        line_no += 1
+        if len(raw) > MAX_LINE_BYTES and not raw.endswith(b"\n"):
+            while (rest := f.readline(MAX_LINE_BYTES)) and not rest.endswith(b"\n"):
+                pass
+            stats.lines += 1
+            stats.long_lines += 1
+            continue
+        if b"\x00" in raw:
+            raise DataError(f"{path}:{line_no}: contains NUL bytes; this looks like a binary file, not text")
+        yield raw
+
+
 def read_lines(path: Path, stats: Stats) -> Iterator[str]:
-    """Decoded, stripped, non-empty lines; bad UTF-8 is replaced and counted, empty lines counted."""
+    """Decoded, stripped, non-empty lines; bad UTF-8 is replaced and counted, empty and over-long
+    (> 1 MiB) lines skipped and counted; a binary file is an error."""
     try:
         with _open_bytes(path) as f:
-            for raw in f:
+            for raw in _raw_lines(f, path, stats):
                 try:
                     line = raw.decode("utf-8")
                 except UnicodeDecodeError:
@@ -96,7 +122,7 @@ def read_lines(path: Path, stats: Stats) -> Iterator[str]:
                     stats.empty_lines += 1
                     continue
                 yield line
-    except (OSError, EOFError) as e:  # truncated gzip, unreadable file
+    except (OSError, EOFError, zlib.error) as e:  # truncated or corrupt gzip, unreadable file
         raise DataError(f"{path}: cannot read ({e})") from None
 
 
@@ -284,6 +310,7 @@ def _manifest(opts, files, heldout, vocab, counter, read_stats, stats, shards, s
         "lines": rs_train.lines + rs_held.lines,
         "empty_lines_skipped": rs_train.empty_lines + rs_held.empty_lines,
         "lines_with_bad_utf8": rs_train.lines_with_bad_utf8 + rs_held.lines_with_bad_utf8,
+        "long_lines_skipped": rs_train.long_lines + rs_held.long_lines,
         "train_tokens_over_48_bytes": truncated,
         "splits": {s: {"sentences": st.sentences, "words": st.tokens, "oov_words": st.oov_tokens,
                        "stream_tokens": st.tokens + 2 * st.sentences, "shards": shards[s]}

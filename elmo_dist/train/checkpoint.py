@@ -15,6 +15,7 @@ import json
 import os
 import re
 import shutil
+import warnings
 from pathlib import Path
 
 import torch
@@ -52,6 +53,15 @@ def begin(run_dir: str | Path, step: int) -> Path:
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     return tmp
+
+
+def remove_partial(run_dir: str | Path) -> list[str]:
+    """Delete temporary directories left by a save that was killed; their names, for the log."""
+    root = checkpoint_dir(run_dir)
+    stale = [p for p in root.glob(".tmp-step-*") if p.is_dir()] if root.is_dir() else []
+    for p in stale:
+        shutil.rmtree(p, ignore_errors=True)
+    return [p.name for p in stale]
 
 
 def write_model(tmp: Path, state_dict: dict, name: str = "model.safetensors") -> None:
@@ -111,10 +121,10 @@ def find_latest(run_dir: str | Path, log=None) -> Path | None:
         path = root / f"step-{step}"
         why = verify(path)
         if why is None:
+            for problem in problems if log else ():  # said once, only when an older one stands in
+                log(f"skipping damaged checkpoint {problem}; using {path.name}")
             return path
         problems.append(f"step-{step}: {why}")
-        if log:
-            log(f"skipping checkpoint {path}: {why}")
     if steps:
         raise CheckpointError(f"{root}: no loadable checkpoint ({'; '.join(problems)})")
     return None
@@ -158,6 +168,12 @@ def load_model_state(path: Path) -> dict:
 def load_tensors(path: Path):
     """A torch file of tensors and plain containers; refuses anything that needs unpickling code."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about pickle protocols before it refuses
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise CheckpointError(f"{path}: cannot be loaded safely ({str(e).splitlines()[0]})") from None
+        # torch's own message suggests weights_only=False, which is exactly what must not happen here
+        detail = next((ln.strip() for ln in str(e).splitlines() if ln.strip().startswith("Unsupported")),
+                      str(e).splitlines()[0][:120] if str(e) else type(e).__name__)
+        raise CheckpointError(f"{path}: cannot be loaded safely: not a plain tensor file, and elmo-dist never "
+                              f"runs the code a pickle asks for ({detail})") from None

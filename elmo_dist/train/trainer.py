@@ -21,12 +21,13 @@ import torch
 from elmo_dist import config as C
 from elmo_dist.data.batching import WindowBatcher
 from elmo_dist.data.corpus import PreparedCorpus
-from elmo_dist.errors import CheckpointError, DataError
+from elmo_dist.errors import CheckpointError, DataError, TrainingDiverged
 from elmo_dist.model import build_bilm
 from elmo_dist.train import checkpoint as ckpt
 from elmo_dist.train.accel import build_accelerator
 from elmo_dist.train.evaluate import evaluate_bilm, to_device, unigram_ppl
 from elmo_dist.train.metrics import MetricsLogger, log, setup_logging
+from elmo_dist.train.guard import NonFiniteGuard
 from elmo_dist.train.stop import StopRequest
 
 
@@ -72,6 +73,10 @@ class Trainer:
         except ValueError as e:
             raise DataError(str(e)) from None
         self.step, self.tokens, self.state, self.fp16_skipped = 0, 0, None, 0
+        # under fp16 the loss scaler owns overflowing gradients (it skips those steps itself)
+        self.guard = NonFiniteGuard(cfg.train.nonfinite, cfg.train.max_nonfinite_steps,
+                                    check_loss=acc.num_processes == 1,
+                                    check_grad=cfg.dist.mixed_precision != "fp16")
         self.tokens_per_step = (cfg.data.batch_size * cfg.data.unroll_steps * cfg.dist.gradient_accumulation_steps
                                 * acc.num_processes)
         # every rank built the same initial weights above; from here on dropout and sampling
@@ -95,7 +100,7 @@ class Trainer:
                 torch.save(self.optimizer.state_dict(), tmp / "optimizer.pt")
             trainer_state = {"step": self.step, "tokens": self.tokens, "data": self.batcher.state_dict(),
                              "world_size": acc.num_processes, "zero_stage": self.cfg.dist.zero_stage,
-                             "fp16_skipped": self.fp16_skipped}
+                             "fp16_skipped": self.fp16_skipped, "nonfinite_skipped": self.guard.skipped}
             (tmp / "trainer_state.json").write_text(json.dumps(trainer_state, indent=1))
             C.save_config(self.cfg, tmp / "config.yaml")
         rng = {"cpu": torch.get_rng_state()}
@@ -113,6 +118,10 @@ class Trainer:
         return final
 
     def maybe_resume(self) -> None:
+        if self.accelerator.is_main_process:
+            for name in ckpt.remove_partial(self.run_dir):
+                log.warning("removed %s, a checkpoint whose writing was interrupted", name)
+        self.accelerator.wait_for_everyone()
         latest = ckpt.find_latest(self.run_dir, log=log.warning)
         if latest is None:
             return
@@ -154,6 +163,7 @@ class Trainer:
         self.batcher.load_state_dict(state["data"])
         self.step, self.tokens = state["step"], state["tokens"]
         self.fp16_skipped = state.get("fp16_skipped", 0)
+        self.guard.skipped = state.get("nonfinite_skipped", 0)
         log.info("resumed from %s at step %d", path, self.step)
 
     def _load_lstm_state(self, path: Path):
@@ -195,12 +205,31 @@ class Trainer:
             nll_f, nll_b = nll_f + out["nll_fwd"].detach(), nll_b + out["nll_bwd"].detach()
             count = count + out["count_fwd"] + out["count_bwd"]
         grad_norm = self._clip()
-        self.optimizer.step()
+        verdict = self.guard.check(nll_f + nll_b, grad_norm)
+        if verdict == "ok" or self.uses_deepspeed:  # DeepSpeed has stepped inside backward already
+            self.optimizer.step()
+        else:
+            self.state = None  # a NaN in the carried LSTM state would poison every later window
         self.optimizer.zero_grad(set_to_none=True)
         self._count_fp16_skips()
         self.step += 1
+        if verdict != "ok":
+            self._on_nonfinite(verdict)
         self.tokens += self.tokens_per_step
         return {"nll_fwd": nll_f, "nll_bwd": nll_b, "count": count, "grad_norm": grad_norm, "lr": lr}
+
+    def _on_nonfinite(self, verdict: str) -> None:
+        g = self.guard
+        if verdict == "skip":
+            log.warning("step %d: non-finite loss or gradient; update skipped (%d in a row, %d in all)",
+                        self.step, g.streak, g.skipped)
+            return
+        latest = ckpt.find_latest(self.run_dir)
+        kept = f"the last good checkpoint {latest} is intact" if latest else "no checkpoint was written yet"
+        raise TrainingDiverged(f"step {self.step}: {g.streak} step(s) in a row with a non-finite loss or gradient "
+                               f"(train.nonfinite={self.cfg.train.nonfinite}, train.max_nonfinite_steps="
+                               f"{self.cfg.train.max_nonfinite_steps}); stopped, {kept}. Lower optim.lr or raise "
+                               "optim.grad_clip, then resume")
 
     def _count_fp16_skips(self) -> None:
         """fp16 loss scaling skips a step when gradients overflow; count them, for TensorBoard."""
@@ -246,6 +275,7 @@ class Trainer:
                    "perf/tokens_per_s": n_tok / max(seconds, 1e-9)}
         if self.cfg.dist.mixed_precision == "fp16":
             metrics["train/fp16_skipped_steps"] = self.fp16_skipped
+        metrics["train/nonfinite_skipped_steps"] = self.guard.skipped
         self.metrics.log(metrics, self.step)
         self.last_train = metrics
         msg = (f"step {self.step}/{self.cfg.train.max_steps} loss fwd {loss_f:.3f} bwd {loss_b:.3f} "

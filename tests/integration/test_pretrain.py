@@ -109,5 +109,5 @@ def test_a_half_written_checkpoint_is_skipped(tmp_path, grammar_corpus):
     broken.mkdir()
     (broken / "model.safetensors").write_bytes(b"partial")
     proc = pretrain(run, grammar_corpus, "train.max_steps=25", "checkpoint.every=10", "train.eval_every=0")
-    assert "skipping checkpoint" in proc.stderr and "resumed from" in proc.stderr and "step 20" in proc.stderr
+    assert "skipping damaged checkpoint" in proc.stderr and "resumed from" in proc.stderr and "step 20" in proc.stderr
     assert json.loads((run / "summary.json").read_text())["steps"] == 25

@@ -1,0 +1,40 @@
+"""The NaN/inf guard: a step whose loss or gradient is not finite never reaches the weights.
+
+    guard = NonFiniteGuard(mode="skip", max_consecutive=5)
+    verdict = guard.check(loss, grad_norm)   # "ok", "skip" or "stop"
+
+"skip" drops the step (no optimizer update; the caller also resets the LSTM state so the NaN can't
+flow into the next windows) and counts it; "stop" comes with mode=stop at the first bad step, or
+after `max_consecutive` bad steps in a row in skip mode: a loss that keeps blowing up is a diverged
+run, and going on would only burn compute. The check costs one host sync per step.
+
+With several processes only the gradient norm decides: it is computed from all-reduced gradients, so
+every rank reaches the same verdict (a local NaN loss makes every rank's gradient NaN anyway).
+"""
+from __future__ import annotations
+
+import torch
+
+
+class NonFiniteGuard:
+    def __init__(self, mode: str = "skip", max_consecutive: int = 5, check_loss: bool = True,
+                 check_grad: bool = True):
+        self.mode, self.max_consecutive = mode, max_consecutive
+        self.check_loss, self.check_grad = check_loss, check_grad
+        self.skipped = 0  # all bad steps so far (kept across resume by the trainer)
+        self.streak = 0
+
+    def check(self, loss: torch.Tensor, grad_norm: torch.Tensor) -> str:
+        parts = []
+        if self.check_loss:
+            parts.append(torch.isfinite(loss.detach().float()).all())
+        if self.check_grad:
+            parts.append(torch.isfinite(grad_norm.detach().float()).all())
+        if not parts or bool(torch.stack(parts).all()):
+            self.streak = 0
+            return "ok"
+        self.skipped += 1
+        self.streak += 1
+        if self.mode == "stop" or self.streak >= self.max_consecutive:
+            return "stop"
+        return "skip"

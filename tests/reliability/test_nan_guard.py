@@ -1,0 +1,92 @@
+"""The NaN/inf guard: bad steps are skipped and counted, a run that keeps diverging stops with the
+step and an intact last checkpoint, and a real blow-up (a huge learning rate) ends in one clear line."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from conftest import REPO, TINY_OVERRIDES, run_cli
+from elmo_dist.config import load_config
+from elmo_dist.errors import TrainingDiverged
+from elmo_dist.train import checkpoint as ckpt
+from elmo_dist.train.trainer import Trainer
+
+
+def make_trainer(run, data, *extra) -> Trainer:
+    cfg = load_config(REPO / "configs/debug.yaml", [f"data.dir={data}", f"train.run_dir={run}", *TINY_OVERRIDES,
+                                                    "train.eval_every=0", "logging.log_every=4", *extra])
+    return Trainer(cfg)
+
+
+def poison(monkeypatch, bad_steps):
+    """Make the gradients and loss of the given (1-based) steps NaN, as an overflow would."""
+    original = Trainer._micro_step
+
+    def micro_step(self, batch, denom):
+        out = original(self, batch, denom)
+        if self.step + 1 in bad_steps:
+            for p in self.model.parameters():
+                p.grad.fill_(float("nan"))
+            out = {**out, "nll_fwd": out["nll_fwd"] * float("nan")}
+        return out
+
+    monkeypatch.setattr(Trainer, "_micro_step", micro_step)
+
+
+def test_bad_steps_are_skipped_counted_and_leave_the_weights_alone(tmp_path, grammar_corpus, monkeypatch):
+    poison(monkeypatch, {5, 6})
+    trainer = make_trainer(tmp_path / "run", grammar_corpus, "train.max_steps=12", "checkpoint.every=0")
+    snapshots = {}
+    for _ in range(8):
+        trainer.train_step()
+        snapshots[trainer.step] = [p.detach().clone() for p in trainer.model.parameters()]
+    for step in (5, 6):  # no update on a bad step: the weights are those of step 4
+        assert all(torch.equal(a, b) for a, b in zip(snapshots[step], snapshots[4]))
+    assert not all(torch.equal(a, b) for a, b in zip(snapshots[7], snapshots[6]))
+    assert trainer.guard.skipped == 2 and trainer.guard.streak == 0
+    assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
+
+
+def test_skips_reach_tensorboard_and_survive_resume(tmp_path, grammar_corpus, monkeypatch):
+    poison(monkeypatch, {3})
+    run = tmp_path / "run"
+    make_trainer(run, grammar_corpus, "train.max_steps=8", "checkpoint.every=4").train()
+    state = json.loads((run / "checkpoints" / "step-8" / "trainer_state.json").read_text())
+    assert state["nonfinite_skipped"] == 1
+    ea = EventAccumulator(str(run / "tensorboard"))
+    ea.Reload()
+    assert [(e.step, e.value) for e in ea.Scalars("train/nonfinite_skipped_steps")] == [(4, 1.0), (8, 1.0)]
+
+
+def test_consecutive_bad_steps_stop_with_the_step_and_last_good_checkpoint(tmp_path, grammar_corpus, monkeypatch):
+    poison(monkeypatch, set(range(8, 100)))
+    run = tmp_path / "run"
+    trainer = make_trainer(run, grammar_corpus, "train.max_steps=40", "checkpoint.every=5",
+                           "train.max_nonfinite_steps=3")
+    with pytest.raises(TrainingDiverged) as err:
+        trainer.train()
+    msg = str(err.value)
+    assert msg.startswith("step 10: 3 step(s) in a row with a non-finite loss or gradient")
+    assert f"{run / 'checkpoints' / 'step-5'} is intact" in msg
+    assert ckpt.find_latest(run) == run / "checkpoints" / "step-5" and ckpt.verify(run / "checkpoints" / "step-5") is None
+    assert not (run / "summary.json").exists()
+
+
+def test_mode_stop_stops_at_the_first_bad_step(tmp_path, grammar_corpus, monkeypatch):
+    poison(monkeypatch, {3})
+    trainer = make_trainer(tmp_path / "run", grammar_corpus, "train.max_steps=10", "train.nonfinite=stop")
+    with pytest.raises(TrainingDiverged, match="^step 3: 1 step"):
+        trainer.train()
+
+
+def test_a_real_blow_up_ends_in_one_error_line(tmp_path, grammar_corpus):
+    proc = run_cli("pretrain", str(REPO / "configs/debug.yaml"), f"data.dir={grammar_corpus}",
+                   f"train.run_dir={tmp_path / 'run'}", *TINY_OVERRIDES, "train.max_steps=50", "train.eval_every=0",
+                   "checkpoint.every=1", "optim.name=adam", "optim.lr=1e30", "optim.grad_clip=0", check=False)
+    assert proc.returncode == 2, proc.stderr
+    err = [line for line in proc.stderr.splitlines() if "error" in line]
+    assert len(err) == 1 and "non-finite loss or gradient" in err[0] and "Traceback" not in proc.stderr
+    assert not (tmp_path / "run" / "summary.json").exists()
