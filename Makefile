@@ -10,7 +10,7 @@ BIN := $(VENV)/bin
 DEMO_DIR ?= runs/demo
 TORCH_PIN := torch==2.13.0
 
-.PHONY: demo test venv clean
+.PHONY: demo test bench venv clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +43,14 @@ demo: $(VENV)/.demo-installed
 test: $(VENV)/.dev-installed
 	tests/slurm/install-slurm.sh
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest tests
+
+# `make bench`: the CPU figures of README, Performance (about 10 minutes on 2 cores); JSON in benchmarks/results/
+BENCH := benchmarks/results
+bench: $(VENV)/.dev-installed
+	$(BIN)/python -m benchmarks.bench_pretrain --flavour debug --batch-size 128 --compare-naive --out $(BENCH)/pretrain-debug-cpu.json
+	$(BIN)/python -m benchmarks.bench_pretrain --flavour small --batch-size 128 --compare-naive --out $(BENCH)/pretrain-small-cpu.json
+	$(BIN)/python -m benchmarks.bench_prepare --out $(BENCH)/prepare.json
+	$(BIN)/python -m benchmarks.bench_dist --out $(BENCH)/dist.json
 
 clean:
 	rm -rf $(VENV) runs build *.egg-info

@@ -101,9 +101,12 @@ class TrainConfig:
     USR2 warning before preemption or the time limit) or 143 for TERM. Running the same command again resumes."""
     deadline_margin_s: int = 300
     nonfinite: str = "skip"
-    """A step with a NaN/inf loss or gradient: skip (drop the update, count it) or stop at once."""
+    """A step with a NaN/inf loss or gradient: skip (drop the update, count it), stop at once, or off
+    (no check, and no host sync per step)."""
     max_nonfinite_steps: int = 5
     """Stop after this many bad steps in a row, naming the step and the last good checkpoint."""
+    compile: bool = False
+    """torch.compile the biLM (see README, Performance, for what it buys)."""
     """When the job's end time is known (Slurm, or ELMO_DIST_DEADLINE in seconds since the epoch), checkpoint
     and exit 75 this long before it, plus two of the slowest steps seen."""
 
@@ -128,7 +131,7 @@ class LoggingConfig:
 @dataclass
 class DistConfig:
     mixed_precision: str = "no"
-    """no | bf16 | fp16 (fp16 needs CUDA; bf16 on CPU is a slow correctness path)."""
+    """no | bf16 | fp16 | auto (bf16 on CUDA, no on CPU). fp16 needs CUDA; bf16 on CPU is a slow correctness path."""
     gradient_accumulation_steps: int = 1
     """Micro-batches per optimizer step. Global batch = data.batch_size x this x number of processes."""
     zero_stage: int = 0
@@ -183,6 +186,8 @@ def config_from_tree(tree: dict, source: str = "config") -> Config:
     flavour = (tree.get("model") or {}).get("flavour", ModelConfig.flavour)
     if flavour not in FLAVOURS:
         raise ConfigError(f"{source}: model.flavour '{flavour}' is not one of {', '.join(FLAVOURS)}")
+    if (tree.get("dist") or {}).get("mixed_precision") is False:  # YAML reads a bare `no` as false
+        tree = configlib.merge_trees(tree, {"dist": {"mixed_precision": "no"}})
     cfg = configlib.build(Config, [{"model": FLAVOURS[flavour]}, tree], source)
     validate(cfg)
     return cfg
@@ -226,7 +231,8 @@ def validate(cfg: Config) -> None:
     _require(t.device in ("auto", "cpu", "cuda"), "train.device", f"must be auto, cpu or cuda, got '{t.device}'")
     _require(t.eval_every >= 0, "train.eval_every", "must be >= 0")
     _require(t.deadline_margin_s >= 0, "train.deadline_margin_s", "must be >= 0")
-    _require(t.nonfinite in ("skip", "stop"), "train.nonfinite", f"must be skip or stop, got '{t.nonfinite}'")
+    _require(t.nonfinite in ("skip", "stop", "off"), "train.nonfinite",
+             f"must be skip, stop or off, got '{t.nonfinite}'")
     _require(t.max_nonfinite_steps >= 1, "train.max_nonfinite_steps", "must be >= 1")
     for name in t.stop_signals:
         _require(_is_signal(name), "train.stop_signals", f"has '{name}', which is not a signal name such as USR2")
@@ -235,8 +241,8 @@ def validate(cfg: Config) -> None:
     _require(cfg.checkpoint.resume in ("auto", "never"), "checkpoint.resume", "must be auto or never")
     _require(cfg.logging.log_every > 0, "logging.log_every", "must be positive")
     dist = cfg.dist
-    _require(dist.mixed_precision in ("no", "bf16", "fp16"), "dist.mixed_precision",
-             f"must be no, bf16 or fp16, got '{dist.mixed_precision}'")
+    _require(dist.mixed_precision in ("no", "bf16", "fp16", "auto"), "dist.mixed_precision",
+             f"must be no, bf16, fp16 or auto, got '{dist.mixed_precision}'")
     _require(dist.gradient_accumulation_steps >= 1, "dist.gradient_accumulation_steps", "must be >= 1")
     _require(dist.backend in ("auto", "gloo", "nccl"), "dist.backend", f"must be auto, gloo or nccl, got '{dist.backend}'")
     _require(dist.timeout_minutes > 0, "dist.timeout_minutes", "must be positive")

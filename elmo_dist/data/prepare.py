@@ -87,67 +87,98 @@ def _open_bytes(path: Path):
 MAX_LINE_BYTES = 1 << 20
 
 
-def _raw_lines(f, path: Path, stats: Stats) -> Iterator[bytes]:
-    line_no = 0
-    while True:
-        raw = f.readline(MAX_LINE_BYTES + 1)
-        if not raw:
-            return
-        line_no += 1
-        if len(raw) > MAX_LINE_BYTES and not raw.endswith(b"\n"):
-            while (rest := f.readline(MAX_LINE_BYTES)) and not rest.endswith(b"\n"):
-                pass
+_BLOCK = 1 << 22
+
+
+def _blocks(f, path: Path, stats: Stats) -> Iterator[bytes]:
+    """The file as runs of whole lines (no trailing newline), read 4 MiB at a time; lines over
+    MAX_LINE_BYTES are dropped and counted without ever being held whole."""
+    carry, skipping, line_no = b"", False, 0
+    while block := f.read(_BLOCK):
+        if b"\x00" in block:
+            at = line_no + (carry + block[: block.index(b"\x00")]).count(b"\n") + 1
+            raise DataError(f"{path}:{at}: contains NUL bytes; this looks like a binary file, not text")
+        if skipping:  # the rest of an over-long line
+            nl = block.find(b"\n")
+            if nl < 0:
+                continue
+            block, skipping = block[nl + 1:], False
+        data = carry + block if carry else block
+        cut = data.rfind(b"\n")
+        if cut < 0:
+            carry = data
+        else:
+            complete, carry = data[:cut], data[cut + 1:]
+            line_no += complete.count(b"\n") + 1
+            yield complete
+        if len(carry) > MAX_LINE_BYTES:
             stats.lines += 1
             stats.long_lines += 1
-            continue
-        if b"\x00" in raw:
-            raise DataError(f"{path}:{line_no}: contains NUL bytes; this looks like a binary file, not text")
-        yield raw
+            carry, skipping = b"", True
+    if carry:
+        yield carry
 
 
-def read_lines(path: Path, stats: Stats) -> Iterator[str]:
-    """Decoded, stripped, non-empty lines; bad UTF-8 is replaced and counted, empty and over-long
-    (> 1 MiB) lines skipped and counted; a binary file is an error."""
+def _decoded(complete: bytes, stats: Stats) -> list[str]:
+    try:  # the common case: the whole run decodes at once
+        return complete.decode("utf-8").split("\n")
+    except UnicodeDecodeError:
+        lines = []
+        for raw in complete.split(b"\n"):
+            try:
+                lines.append(raw.decode("utf-8"))
+            except UnicodeDecodeError:
+                lines.append(raw.decode("utf-8", errors="replace"))
+                stats.lines_with_bad_utf8 += 1
+        return lines
+
+
+def read_line_runs(path: Path, stats: Stats) -> Iterator[list[str]]:
+    """Decoded, stripped, non-empty lines, a run (about 4 MiB) at a time; bad UTF-8 is replaced and
+    counted, empty and over-long (> 1 MiB) lines skipped and counted; a binary file is an error."""
     try:
         with _open_bytes(path) as f:
-            for raw in _raw_lines(f, path, stats):
-                try:
-                    line = raw.decode("utf-8")
-                except UnicodeDecodeError:
-                    line = raw.decode("utf-8", errors="replace")
-                    stats.lines_with_bad_utf8 += 1
-                stats.lines += 1
-                line = line.strip()
-                if not line:
-                    stats.empty_lines += 1
-                    continue
-                yield line
+            for complete in _blocks(f, path, stats):
+                lines = _decoded(complete, stats)
+                if len(complete) > MAX_LINE_BYTES and max(map(len, lines)) > MAX_LINE_BYTES:
+                    long = sum(len(line) > MAX_LINE_BYTES for line in lines)  # inside one block: still bounded
+                    stats.long_lines += long
+                    stats.lines += long
+                    lines = [line for line in lines if len(line) <= MAX_LINE_BYTES]
+                stats.lines += len(lines)
+                kept = [s for s in map(str.strip, lines) if s]
+                stats.empty_lines += len(lines) - len(kept)
+                yield kept
     except (OSError, EOFError, zlib.error) as e:  # truncated or corrupt gzip, unreadable file
         raise DataError(f"{path}: cannot read ({e})") from None
 
 
-def _is_heldout(line_no: int, fraction: float, seed: int) -> bool:
-    # a fixed multiplicative hash of the line number: deterministic, stateless and well spread
-    h = ((line_no + 1) * 2654435761 + seed * 40503) & 0xFFFFFFFF
-    return h < fraction * 4294967296.0
+def read_lines(path: Path, stats: Stats) -> Iterator[str]:
+    """read_line_runs, a line at a time."""
+    for run in read_line_runs(path, stats):
+        yield from run
 
 
 def iter_sentences(opts: PrepareOptions, files: list[Path], heldout: list[Path], stats: dict[str, Stats]):
     """(split, tokens) for every non-empty line of the train and held-out inputs."""
     tokenize = build_tokenizer(opts.tokenizer, opts.lowercase)
-    line_no = 0
+    line_no, threshold = 0, opts.heldout_fraction * 4294967296.0
+    seed_term = opts.seed * 40503
     for path in files:
-        for line in read_lines(path, stats["train"]):
-            split = "heldout" if (not heldout and _is_heldout(line_no, opts.heldout_fraction, opts.seed)) else "train"
-            line_no += 1
-            words = tokenize(line)
-            if words:
-                yield split, words
+        for run in read_line_runs(path, stats["train"]):
+            for line in run:
+                line_no += 1
+                # a fixed multiplicative hash of the line number: deterministic, stateless, well spread
+                held = not heldout and ((line_no * 2654435761 + seed_term) & 0xFFFFFFFF) < threshold
+                words = tokenize(line)
+                if words:
+                    yield ("heldout" if held else "train"), words
     for path in heldout:
-        for line in read_lines(path, stats["heldout"]):
-            words = tokenize(line)
-            if words:
-                yield "heldout", words
+        for run in read_line_runs(path, stats["heldout"]):
+            for line in run:
+                words = tokenize(line)
+                if words:
+                    yield "heldout", words
 
 
 class BoundedCounter:
@@ -184,20 +215,14 @@ class ShardWriter:
 
     def _reset(self) -> None:
         self.buf = array.array("i")
-        self.oov: dict[str, int] = {}
+        self.lookup = _ShardLookup(self.vocab.index, len(self.vocab))
 
     def add(self, words: list[str], stats: Stats) -> None:
-        get, v = self.vocab.index.get, len(self.vocab)
-        ids = [get(w, -1) for w in words]
-        if -1 in ids:
-            for j, i in enumerate(ids):
-                if i == -1:
-                    ids[j] = v + self.oov.setdefault(words[j], len(self.oov))
-                    stats.oov_tokens += 1
+        self.stats = stats
         self.buf.append(BOS_ID)
-        self.buf.extend(ids)
+        self.buf.extend(map(self.lookup.__getitem__, words))  # C speed; misses go to __missing__
         self.buf.append(EOS_ID)
-        stats.tokens += len(ids)
+        stats.tokens += len(words)
         stats.sentences += 1
         if len(self.buf) >= self.shard_tokens:
             self.flush()
@@ -207,10 +232,25 @@ class ShardWriter:
             return
         name = f"shard-{len(self.shards):05d}"
         tokens = np.frombuffer(self.buf, dtype=np.int32)
+        self.stats.oov_tokens += int(np.count_nonzero(tokens >= len(self.vocab)))
+        oov = self.lookup.oov
         _write_synced(self.dir / f"{name}.npy", lambda f: np.save(f, tokens))
-        _write_synced(self.dir / f"{name}.oov.txt", lambda f: f.write("".join(w + "\n" for w in self.oov).encode()))
-        self.shards.append({"file": f"{self.dir.name}/{name}.npy", "tokens": int(len(tokens)), "oov_types": len(self.oov)})
+        _write_synced(self.dir / f"{name}.oov.txt", lambda f: f.write("".join(w + "\n" for w in oov).encode()))
+        self.shards.append({"file": f"{self.dir.name}/{name}.npy", "tokens": int(len(tokens)), "oov_types": len(oov)})
         self._reset()
+
+
+class _ShardLookup(dict):
+    """The vocabulary index, plus shard-local ids (vocab size + n) handed to unseen words on first sight."""
+
+    def __init__(self, index: dict, base: int):
+        super().__init__(index)
+        self.base, self.oov = base, []
+
+    def __missing__(self, word: str) -> int:
+        i = self[word] = self.base + len(self.oov)
+        self.oov.append(word)
+        return i
 
 
 def _write_synced(path: Path, write) -> None:

@@ -47,6 +47,8 @@ def _check_launch_env() -> int:
 def build_accelerator(cfg) -> Accelerator:
     device = resolve_device(cfg.train.device)
     dist = cfg.dist
+    if dist.mixed_precision == "auto":  # resolved here, so the saved config says what actually ran
+        dist.mixed_precision = "bf16" if device == "cuda" else "no"
     if dist.mixed_precision == "fp16" and device != "cuda":
         raise ConfigError("config key 'dist.mixed_precision' is fp16, which needs CUDA; use bf16 or no on CPU")
     expected = _check_launch_env()

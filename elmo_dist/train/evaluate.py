@@ -20,9 +20,15 @@ TENSOR_KEYS = ("token_ids", "chars", "fwd_index", "bwd_index", "fwd_targets", "b
 
 
 def to_device(batch: dict, device: torch.device) -> dict:
-    out = {k: torch.from_numpy(np.ascontiguousarray(batch[k])).to(device, non_blocking=True) for k in TENSOR_KEYS}
+    pin = torch.device(device).type == "cuda"  # page-locked host memory makes the copy truly asynchronous
+    out = {k: _host(batch[k], pin).to(device, non_blocking=True) for k in TENSOR_KEYS}
     out["reset"] = batch["reset"]
     return out
+
+
+def _host(array, pin: bool) -> torch.Tensor:
+    t = torch.from_numpy(np.ascontiguousarray(array))
+    return t.pin_memory() if pin else t
 
 
 def ppl_summary(nll_fwd: float, nll_bwd: float, count: float) -> dict:

@@ -6,7 +6,7 @@
 "skip" drops the step (no optimizer update; the caller also resets the LSTM state so the NaN can't
 flow into the next windows) and counts it; "stop" comes with mode=stop at the first bad step, or
 after `max_consecutive` bad steps in a row in skip mode: a loss that keeps blowing up is a diverged
-run, and going on would only burn compute. The check costs one host sync per step.
+run, and going on would only burn compute. The check costs one host sync per step; mode "off" skips it.
 
 With several processes only the gradient norm decides: it is computed from all-reduced gradients, so
 every rank reaches the same verdict (a local NaN loss makes every rank's gradient NaN anyway).
@@ -25,6 +25,8 @@ class NonFiniteGuard:
         self.streak = 0
 
     def check(self, loss: torch.Tensor, grad_norm: torch.Tensor) -> str:
+        if self.mode == "off":
+            return "ok"
         parts = []
         if self.check_loss:
             parts.append(torch.isfinite(loss.detach().float()).all())

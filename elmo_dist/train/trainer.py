@@ -64,6 +64,8 @@ class Trainer:
         self.corpus = PreparedCorpus(cfg.data.dir, cfg.model.max_chars_per_token)
         torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
         self.model = build_bilm(cfg.model, len(self.corpus.vocab))
+        if cfg.train.compile:
+            self.model.compile()  # in place: parameter names (and so checkpoints) stay the same
         self.optimizer = build_optimizer(cfg.optim, self.model.parameters())
         self.model, self.optimizer = acc.prepare(self.model, self.optimizer)
         self.uses_deepspeed = cfg.dist.zero_stage > 0

@@ -253,3 +253,9 @@ def test_arch_diff():
     b = dataclasses.replace(a, lstm_dim=512, dropout=0.5)
     assert arch_diff(a, b) == ["model.lstm_dim: 256 -> 512"]
     assert arch_diff(a, a) == []
+
+
+def test_a_bare_no_for_mixed_precision_means_no(tmp_path):
+    (tmp_path / "c.yaml").write_text("dist:\n  mixed_precision: no\n")
+    assert load_config(tmp_path / "c.yaml").dist.mixed_precision == "no"
+    assert load_config(None, ["dist.mixed_precision=no"]).dist.mixed_precision == "no"

@@ -1,0 +1,180 @@
+"""Training-step throughput of a flavour: tokens/s, ms/step, peak memory, analytic FLOPs per token and
+MFU, with the data pipeline included and excluded, and optionally against the naive baseline.
+
+    python -m benchmarks.bench_pretrain --flavour small --batch-size 128 --compare-naive
+    python -m benchmarks.bench_pretrain --flavour original --precision bf16 --device cuda
+
+The corpus is a generated Zipf text (100k words by default) prepared once into a temporary directory.
+MFU counts the work actually done (the char CNN on the distinct tokens of a batch at its trimmed
+width, the LSTMs, the sampled softmax), x3 for forward + backward, against the peak of a known GPU,
+or --peak-tflops, or on the CPU the matrix-multiply rate measured at start-up.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from benchmarks.common import emit, gemm_gflops, gpu_peak_tflops, machine, peak_memory_mib, write_zipf_corpus
+from benchmarks.naive import NaiveBiLM, naive_step
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(prog="python -m benchmarks.bench_pretrain", description=__doc__.split("\n\n")[0])
+    p.add_argument("--flavour", default="small", choices=["debug", "small", "medium", "original"])
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="run-config overrides, e.g. model.lstm_dim=512")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--unroll", type=int, default=20)
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--steps", type=int, default=10, help="timed steps per measurement")
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--compare-naive", action="store_true", help="also time the straightforward baseline")
+    p.add_argument("--peak-tflops", type=float, help="the device's peak, for MFU (default: known GPUs / measured GEMM)")
+    p.add_argument("--corpus-tokens", type=int, default=1_000_000)
+    p.add_argument("--vocab", type=int, default=100_000)
+    p.add_argument("--out", help="JSON file for the results")
+    return p.parse_args(argv)
+
+
+def build_trainer(args, work: Path):
+    from elmo_dist.config import load_config
+    from elmo_dist.data.prepare import PrepareOptions, prepare
+    from elmo_dist.train.trainer import Trainer
+
+    text = write_zipf_corpus(work / "corpus.txt", args.corpus_tokens, args.vocab)
+    prepare(PrepareOptions(inputs=[str(text)], out=str(work / "prepared"), heldout_fraction=0.01))
+    overrides = [f"model.flavour={args.flavour}", f"data.dir={work / 'prepared'}", f"train.run_dir={work / 'run'}",
+                 f"data.batch_size={args.batch_size}", f"data.unroll_steps={args.unroll}",
+                 f"train.device={args.device}", "train.eval_every=0", "checkpoint.every=0", "train.max_steps=1000000",
+                 "logging.tensorboard=false", "logging.progress=lines", "logging.log_every=1000000",
+                 f"dist.mixed_precision={'no' if args.precision == 'fp32' else args.precision}", *args.set]
+    return Trainer(load_config(None, overrides))
+
+
+def _timed(fn, steps: int, device: str) -> float:
+    """Seconds per call, synchronised."""
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        fn()
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    return (time.perf_counter() - t0) / steps
+
+
+def flops_per_token(m, vocab: int, encoded_per_position: float, char_width: int) -> float:
+    """Analytic training FLOPs per token position (forward x 3), both directions."""
+    dim, cells = m.projection_dim, m.lstm_dim
+    if m.encoder == "char_cnn":
+        n_filters = sum(n for _, n in m.filters)
+        conv = sum(2 * m.char_embed_dim * w * n * max(char_width - w + 1, 1) for w, n in m.filters)
+        enc = conv + m.n_highway * 2 * n_filters * 2 * n_filters + 2 * n_filters * dim
+    else:
+        enc = 2 * m.word_embed_dim * dim
+    lstm = 2 * m.n_layers * 2 * (4 * cells * dim + 4 * cells * dim + cells * dim)
+    classes = m.n_negative_samples + 1 if m.softmax == "sampled" else vocab
+    softmax = 2 * 2 * dim * classes
+    return 3 * (encoded_per_position * enc + lstm + softmax)
+
+
+def measure(args) -> dict:
+    from elmo_dist.train.evaluate import to_device
+
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer = build_trainer(args, Path(tmp))
+        device = str(trainer.accelerator.device)
+        for _ in range(args.warmup):
+            trainer.train_step()
+        with_data = _timed(trainer.train_step, args.steps, device)
+        batches = [trainer.batcher.next_batch() for _ in range(args.steps + args.warmup)]
+        feed = iter(batches * 2)
+        trainer.batcher.next_batch = lambda: next(feed)
+        _timed(trainer.train_step, args.warmup, device)
+        model_only = _timed(trainer.train_step, args.steps, device)
+        positions = args.batch_size * args.unroll
+        uniq = float(np.mean([len(b["token_ids"]) for b in batches])) / positions
+        width = int(np.mean([b["chars"].shape[1] for b in batches]))
+        m, vocab = trainer.cfg.model, len(trainer.corpus.vocab)
+        fast_width = min(m.max_chars_per_token, width - 1 + max(w for w, _ in m.filters))
+        res = {"flavour": args.flavour, "device": device, "precision": args.precision, "batch": [args.batch_size, args.unroll],
+               "parameters": sum(p.numel() for p in trainer.model.parameters()), "vocab": vocab,
+               "distinct_tokens_per_position": uniq, "char_columns": fast_width,
+               "ms_per_step": model_only * 1e3, "ms_per_step_with_data": with_data * 1e3,
+               "tokens_per_s": positions / model_only, "tokens_per_s_with_data": positions / with_data,
+               "flops_per_token": flops_per_token(m, vocab, uniq, fast_width)}
+        if args.compare_naive:
+            res.update(_naive(trainer, batches, args, device, to_device))
+        res["peak_memory_mib"] = peak_memory_mib(device)
+        return res
+
+
+def _naive(trainer, batches, args, device, to_device) -> dict:
+    cfg = trainer.cfg
+    torch.manual_seed(0)
+    model = NaiveBiLM(cfg.model, len(trainer.corpus.vocab)).to(device).train()
+    from elmo_dist.train.trainer import build_optimizer
+
+    opt = build_optimizer(cfg.optim, model.parameters())
+    denom = 2 * args.batch_size * args.unroll
+    state = [None]
+    feed = iter(batches * 2)
+
+    def step():
+        b = to_device(next(feed), device)
+        state[0] = naive_step(model, opt, b, state[0], denom, cfg.optim.grad_clip)
+
+    autocast = torch.autocast(device.split(":")[0], dtype=torch.bfloat16) if args.precision == "bf16" else None
+    with autocast or _null():
+        _timed(step, args.warmup, device)
+        naive = _timed(step, args.steps, device)
+    positions = args.batch_size * args.unroll
+    return {"naive_ms_per_step": naive * 1e3, "naive_tokens_per_s": positions / naive,
+            "naive_flops_per_token": flops_per_token(cfg.model, len(trainer.corpus.vocab), 2.0, cfg.model.max_chars_per_token)}
+
+
+class _null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    res = measure(args)
+    device = res["device"]
+    gemm = gemm_gflops(device) if not device.startswith("cuda") or not args.peak_tflops else None
+    peak, gpu = (args.peak_tflops, None) if args.peak_tflops else gpu_peak_tflops(args.precision)
+    peak_gflops = peak * 1e3 if peak else gemm
+    achieved = res["tokens_per_s"] * res["flops_per_token"] / 1e9
+    res.update(machine=machine(), gemm_gflops=gemm, peak_gflops=peak_gflops, achieved_gflops=achieved,
+               mfu=achieved / peak_gflops if peak_gflops else None)
+    rows = [("flavour / device / precision", f"{args.flavour} / {device} / {args.precision}"),
+            ("batch (rows x steps)", f"{args.batch_size} x {args.unroll}"),
+            ("tokens/s (model only)", f"{res['tokens_per_s']:,.0f}"),
+            ("tokens/s (with data pipeline)", f"{res['tokens_per_s_with_data']:,.0f}"),
+            ("ms/step", f"{res['ms_per_step']:.1f} ({res['ms_per_step_with_data']:.1f} with data)"),
+            ("peak memory", f"{res['peak_memory_mib']:,.0f} MiB"),
+            ("FLOPs per token (analytic, train)", f"{res['flops_per_token'] / 1e6:,.1f} M"),
+            ("achieved", f"{achieved:,.1f} GFLOP/s"),
+            ("measured GEMM rate", f"{gemm:,.1f} GFLOP/s" if gemm else "-"),
+            ("MFU", f"{res['mfu']:.1%} of {peak_gflops:,.0f} GFLOP/s" if res["mfu"] else "-")]
+    if args.compare_naive:
+        res["speedup_vs_naive"] = res["naive_ms_per_step"] / res["ms_per_step"]
+        rows += [("naive baseline tokens/s", f"{res['naive_tokens_per_s']:,.0f}"),
+                 ("speed-up over naive", f"{res['speedup_vs_naive']:.2f}x")]
+    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun (bench_dist) rank 0 reports
+        emit(res, args.out, rows)
+    return res
+
+
+if __name__ == "__main__":
+    main()

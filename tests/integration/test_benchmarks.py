@@ -1,0 +1,42 @@
+"""Smoke tests of the benchmark scripts: each runs for a step or two on tiny sizes and writes its
+JSON with sane fields. No timing is asserted; the figures come from running the scripts."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+from conftest import REPO
+
+
+def bench(name: str, *args: str, out) -> dict:
+    proc = subprocess.run([sys.executable, "-m", f"benchmarks.{name}", *args, "--out", str(out)], cwd=REPO,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return json.loads(out.read_text())
+
+
+TINY = ["--flavour", "debug", "--batch-size", "4", "--unroll", "5", "--steps", "1", "--warmup", "1",
+        "--corpus-tokens", "20000", "--vocab", "2000"]
+
+
+def test_bench_pretrain_with_the_naive_baseline(tmp_path):
+    res = bench("bench_pretrain", *TINY, "--compare-naive", out=tmp_path / "p.json")
+    for key in ("tokens_per_s", "tokens_per_s_with_data", "ms_per_step", "flops_per_token", "gemm_gflops",
+                "mfu", "naive_tokens_per_s", "speedup_vs_naive", "peak_memory_mib"):
+        assert res[key] > 0, key
+    # the naive baseline encodes every position twice (once per direction) at full width
+    assert res["naive_flops_per_token"] > res["flops_per_token"]
+
+
+def test_bench_prepare_two_sizes(tmp_path):
+    res = bench("bench_prepare", "--tokens", "20000", "40000", "--vocab", "3000", out=tmp_path / "p.json")
+    assert [r["tokens"] for r in res["runs"]] == [20000, 40000]
+    assert all(r["tokens_per_s"] > 0 and r["peak_rss_mib"] > 0 for r in res["runs"])
+
+
+def test_bench_dist_one_vs_two_processes(tmp_path):
+    res = bench("bench_dist", "--batch-size", "4", "--steps", "1", "--warmup", "1", "--corpus-tokens", "20000",
+                "--vocab", "2000", "--port", "29563", out=tmp_path / "d.json")
+    assert res["one_process"]["ms_per_step"] > 0 and res["two_processes"]["ms_per_step"] > 0
