@@ -7,6 +7,8 @@
     elmo-dist embed runs/debug sentences.txt out.hdf5
     elmo-dist export runs/debug --out models/debug
     elmo-dist submit pretrain|finetune|pipeline CONFIG [key=value ...] [--slurm.key=value ...]
+    elmo-dist import-elmo options.json weights.hdf5 OUT_DIR [--vocab V --softmax S]
+    elmo-dist export-elmo RUN_DIR OUT_DIR
 
 A mistake a user can fix (a missing file, a bad key, a broken checkpoint) prints one line,
 `elmo-dist: error: ...`, and exits with status 2; `--debug` adds the traceback.
@@ -108,6 +110,22 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"elmo-dist: error: {message} (see `{self.prog} --help`)\n")
 
 
+def _add_interop(sub) -> None:
+    i = sub.add_parser("import-elmo", help="convert official ELMo weights (options.json + weights.hdf5) into a run-like directory",
+                       description="Convert bilm-tf / AllenNLP weight files into a directory that embed, finetune "
+                                   "and evaluate take like a run, and that pretrain can start from (train.init_from).")
+    i.add_argument("options", help="options.json")
+    i.add_argument("weights", help="weights.hdf5")
+    i.add_argument("out", help="output directory")
+    i.add_argument("--vocab", help="vocabulary file (<S>, </S>, <UNK>, then words), needed with --softmax")
+    i.add_argument("--softmax", help="softmax.hdf5 as written by export-elmo (softmax/W, softmax/b)")
+    e = sub.add_parser("export-elmo", help="write a run in the official ELMo format (options.json + weights.hdf5)",
+                       description="Write options.json and weights.hdf5 in bilm-tf's layout, plus softmax.hdf5 and "
+                                   "vocab.txt (the format has no place for the softmax).")
+    e.add_argument("run", help="a run directory, checkpoint or export")
+    e.add_argument("out", help="output directory")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="elmo-dist", description="Distributed batch trainer for ELMo biLMs.")
     parser.add_argument("--version", action="version", version=f"elmo-dist {__version__}")
@@ -116,6 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_prepare(sub)
     _add_run_parsers(sub)
     _add_submit(sub)
+    _add_interop(sub)
     return parser
 
 
@@ -210,6 +229,24 @@ def cmd_embed(args) -> int:
     return 0
 
 
+def cmd_import_elmo(args) -> int:
+    from elmo_dist.interop.elmo_hdf5 import import_elmo
+
+    res = import_elmo(args.options, args.weights, args.out, args.vocab, args.softmax)
+    softmax = f"softmax over {res['vocab']:,} words" if res["softmax"] else "no softmax (train one with train.init_from)"
+    print(f"imported {res['parameters']:,} parameters, {softmax} -> {res['out']}")
+    return 0
+
+
+def cmd_export_elmo(args) -> int:
+    from elmo_dist.interop.elmo_hdf5 import export_elmo
+
+    res = export_elmo(args.run, args.out)
+    extra = " + softmax.hdf5, vocab.txt" if res["softmax"] else ""
+    print(f"exported {res['source']} -> {res['out']}/options.json, weights.hdf5{extra}")
+    return 0
+
+
 def cmd_submit(args) -> int:
     from elmo_dist.launch import submit
 
@@ -229,7 +266,8 @@ def cmd_submit(args) -> int:
 
 
 COMMANDS = {"prepare": cmd_prepare, "pretrain": cmd_pretrain, "evaluate": cmd_evaluate, "finetune": cmd_finetune, "export": cmd_export,
-            "embed": cmd_embed, "submit": cmd_submit}
+            "embed": cmd_embed, "submit": cmd_submit,
+            "import-elmo": cmd_import_elmo, "export-elmo": cmd_export_elmo}
 
 
 def _slurm_flags(argv: list[str]) -> list[str]:

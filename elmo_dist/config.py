@@ -107,6 +107,9 @@ class TrainConfig:
     """Stop after this many bad steps in a row, naming the step and the last good checkpoint."""
     compile: bool = False
     """torch.compile the biLM (see README, Performance, for what it buys)."""
+    init_from: str = ""
+    """Start a fresh run from these weights (a run, checkpoint, export or `import-elmo` directory);
+    the softmax is kept only if the vocabulary matches. Ignored once the run has checkpoints."""
     """When the job's end time is known (Slurm, or ELMO_DIST_DEADLINE in seconds since the epoch), checkpoint
     and exit 75 this long before it, plus two of the slowest steps seen."""
 

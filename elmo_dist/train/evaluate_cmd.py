@@ -26,6 +26,9 @@ from elmo_dist.train.evaluate import evaluate_bilm, unigram_ppl
 
 def evaluate_checkpoint(path: str, overrides: list[str], out: str | None = None) -> dict:
     latest = ckpt.resolve(path)
+    if ckpt.is_export(latest) and json.loads((latest / "export.json").read_text()).get("softmax") is False:
+        raise CheckpointError(f"{latest}: imported without a softmax, so it has no perplexity; import with --vocab "
+                              "and --softmax, or train one: elmo-dist pretrain CONFIG train.init_from=" + str(latest))
     cfg = C.load_config(latest / "config.yaml", overrides)
     corpus = PreparedCorpus(cfg.data.dir, cfg.model.max_chars_per_token)
     run_vocab = ckpt.run_dir_of(latest) / "vocab.txt"

@@ -29,6 +29,7 @@ from elmo_dist.train.evaluate import evaluate_bilm, to_device, unigram_ppl
 from elmo_dist.train.metrics import MetricsLogger, log, setup_logging
 from elmo_dist.train.guard import NonFiniteGuard
 from elmo_dist.train.stop import StopRequest
+from elmo_dist.train.warm_start import warm_start
 
 
 def build_optimizer(cfg: C.OptimConfig, params) -> torch.optim.Optimizer:
@@ -64,6 +65,8 @@ class Trainer:
         self.corpus = PreparedCorpus(cfg.data.dir, cfg.model.max_chars_per_token)
         torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
         self.model = build_bilm(cfg.model, len(self.corpus.vocab))
+        if cfg.train.init_from and not ckpt.list_steps(self.run_dir / "checkpoints"):
+            log.info(warm_start(self.model, cfg, self.corpus.vocab, cfg.train.init_from))
         if cfg.train.compile:
             self.model.compile()  # in place: parameter names (and so checkpoints) stay the same
         self.optimizer = build_optimizer(cfg.optim, self.model.parameters())
