@@ -38,6 +38,7 @@ def parse_args(argv=None):
     p.add_argument("--peak-tflops", type=float, help="the device's peak, for MFU (default: known GPUs / measured GEMM)")
     p.add_argument("--corpus-tokens", type=int, default=1_000_000)
     p.add_argument("--vocab", type=int, default=100_000)
+    p.add_argument("--gemm-seconds", type=float, default=1.0, help="how long to time the GEMM rate")
     p.add_argument("--out", help="JSON file for the results")
     return p.parse_args(argv)
 
@@ -151,7 +152,7 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     res = measure(args)
     device = res["device"]
-    gemm = gemm_gflops(device) if not device.startswith("cuda") or not args.peak_tflops else None
+    gemm = gemm_gflops(device, seconds=args.gemm_seconds) if not device.startswith("cuda") or not args.peak_tflops else None
     peak, gpu = (args.peak_tflops, None) if args.peak_tflops else gpu_peak_tflops(args.precision)
     peak_gflops = peak * 1e3 if peak else gemm
     achieved = res["tokens_per_s"] * res["flops_per_token"] / 1e9

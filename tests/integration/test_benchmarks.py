@@ -18,7 +18,7 @@ def bench(name: str, *args: str, out) -> dict:
 
 
 TINY = ["--flavour", "debug", "--batch-size", "4", "--unroll", "5", "--steps", "1", "--warmup", "1",
-        "--corpus-tokens", "20000", "--vocab", "2000"]
+        "--corpus-tokens", "20000", "--vocab", "2000", "--gemm-seconds", "0.1"]
 
 
 def test_bench_pretrain_with_the_naive_baseline(tmp_path):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import gzip
 import json
 import shutil
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -192,10 +193,21 @@ def test_the_table_is_big_enough():
     assert len(CASES) >= 30
 
 
+@pytest.fixture(scope="module")
+def outcomes(tmp_path_factory, ctx) -> dict:
+    """Every case run once, two at a time (each is a fresh `elmo-dist` process, mostly import time)."""
+    def run(name):
+        t = tmp_path_factory.mktemp("case")
+        argv, must_name, must_not_exist = CASES[name](t, ctx)
+        return name, (t, run_cli(*argv, check=False), must_name, must_not_exist)
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        return dict(pool.map(run, CASES))
+
+
 @pytest.mark.parametrize("name", list(CASES))
-def test_bad_input_gives_one_clean_error(name, tmp_path, ctx):
-    argv, must_name, must_not_exist = CASES[name](tmp_path, ctx)
-    proc = run_cli(*argv, check=False)
+def test_bad_input_gives_one_clean_error(name, outcomes):
+    tmp_path, proc, must_name, must_not_exist = outcomes[name]
     assert proc.returncode != 0, f"{name}: exit 0\n{proc.stdout}\n{proc.stderr}"
     assert "Traceback" not in proc.stderr, proc.stderr
     errors = [ln for ln in proc.stderr.splitlines() if ln.strip()]
