@@ -8,7 +8,6 @@ its key too. `save_config` writes the resolved config that every run and checkpo
 """
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -111,7 +110,8 @@ class TrainConfig:
     """Start a fresh run from these weights (a run, checkpoint, export or `import-elmo` directory);
     the softmax is kept only if the vocabulary matches. Ignored once the run has checkpoints."""
     """When the job's end time is known (Slurm, or ELMO_DIST_DEADLINE in seconds since the epoch), checkpoint
-    and exit 75 this long before it, plus two of the slowest steps seen."""
+    and exit 75 this long before it, plus room for a few of the slowest steps seen (the ranks of a
+    multi-process run agree on stopping every 10 steps)."""
 
 
 @dataclass
@@ -267,10 +267,6 @@ def _is_signal(name) -> bool:
     except (KeyError, ValueError):
         return False
     return True
-
-
-def to_dict(cfg: Config) -> dict:
-    return dataclasses.asdict(cfg)
 
 
 to_yaml = configlib.to_yaml

@@ -153,12 +153,6 @@ def read_line_runs(path: Path, stats: Stats) -> Iterator[list[str]]:
         raise DataError(f"{path}: cannot read ({e})") from None
 
 
-def read_lines(path: Path, stats: Stats) -> Iterator[str]:
-    """read_line_runs, a line at a time."""
-    for run in read_line_runs(path, stats):
-        yield from run
-
-
 def iter_sentences(opts: PrepareOptions, files: list[Path], heldout: list[Path], stats: dict[str, Stats]):
     """(split, tokens) for every non-empty line of the train and held-out inputs."""
     tokenize = build_tokenizer(opts.tokenizer, opts.lowercase)

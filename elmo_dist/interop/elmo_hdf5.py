@@ -90,7 +90,7 @@ def read_weights(h: _Hdf5, m: C.ModelConfig) -> dict[str, torch.Tensor]:
     """Our state-dict entries (all but the softmax) from an official weight file."""
     sd, n_filters, dim, cells = {}, sum(n for _, n in m.filters), m.projection_dim, m.lstm_dim
     rows = h.f["char_embed"].shape[0] if "char_embed" in h.f else 261
-    table = h.get("char_embed", (rows, m.char_embed_dim))
+    table = h.get("char_embed", (rows if rows in (261, 262) else 261, m.char_embed_dim))
     sd["token_encoder.char_embed.weight"] = table[1:] if rows == 262 else table
     for i, (w, n) in enumerate(m.filters):
         sd[f"token_encoder.convs.{i}.weight"] = h.get(f"CNN/W_cnn_{i}", (1, w, m.char_embed_dim, n))[0].transpose(2, 1, 0)

@@ -21,6 +21,7 @@ the checkpoint in train.run_dir and resumes exactly.
 """
 from __future__ import annotations
 
+import os
 import signal
 import sys
 from dataclasses import dataclass
@@ -38,8 +39,6 @@ def _usr_signal() -> signal.Signals:
 
 def _export_local_ranks() -> None:
     """submitit's local executor numbers its processes in its own variables; torch wants RANK etc."""
-    import os
-
     if os.environ.get("SUBMITIT_EXECUTOR") == "local" and int(os.environ.get("SUBMITIT_LOCAL_NTASKS", "1")) > 1:
         submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
 
@@ -115,11 +114,10 @@ def _folder(slurm: SlurmConfig, run_dir: str) -> Path:
 
 def submit_pretrain(config: str | None, overrides: list[str] = (), slurm_overrides: list[str] = ()):
     """Queue a pretraining run; returns the submitit job (result() = the run's summary)."""
-    from elmo_dist.config import config_from_tree, load_config, to_dict
+    from elmo_dist.config import load_config
 
     cfg = load_config(config, list(overrides) + _slurm_keys(slurm_overrides))
-    tree = to_dict(cfg)
-    config_from_tree(tree, "resolved config")  # what the job will build must build here too
+    tree = configlib.to_container(cfg)
     s = cfg.slurm
     executor = make_executor(s, _folder(s, cfg.train.run_dir), s.job_name, tasks_per_node(s), s.gpus_per_node)
     return executor.submit(PretrainJob(tree))
@@ -161,24 +159,17 @@ def submit_finetune(config: str | None, overrides: list[str] = (), slurm_overrid
 class Pipeline:
     pretrain: object
     finetune: list
-    pretrain_dir: str
-    finetune_dir: str
 
 
 def submit_pipeline(config: str | None, overrides: list[str] = (), finetune_config: str | None = None,
                     finetune_overrides: list[str] = (), slurm_overrides: list[str] = ()) -> Pipeline:
     """Pretraining, then the classifier variants as an array that starts only if pretraining succeeded."""
-    from elmo_dist.config import load_config
-
-    cfg = load_config(config, list(overrides) + _slurm_keys(slurm_overrides))
     pre = submit_pretrain(config, overrides, slurm_overrides)
     after = pre.job_id if isinstance(pre, submitit.SlurmJob) else None
     if after is None:
         result(pre)  # local and debug executors know no dependencies: wait here instead
-    _, ft_cfg = _finetune_trees(finetune_config, finetune_overrides, cfg.train.run_dir)
-    jobs = submit_finetune(finetune_config, finetune_overrides, slurm_overrides, after=after,
-                           bilm_path=cfg.train.run_dir)
-    return Pipeline(pre, jobs, cfg.train.run_dir, ft_cfg.train.run_dir)
+    jobs = submit_finetune(finetune_config, finetune_overrides, slurm_overrides, after=after, bilm_path=_run_dir(pre))
+    return Pipeline(pre, jobs)
 
 
 def result(job) -> dict:

@@ -135,6 +135,12 @@ def is_export(path: Path) -> bool:
     return (path / "export.json").is_file() and (path / "model.safetensors").is_file()
 
 
+def has_softmax(found: Path) -> bool:
+    """False only for an `import-elmo` directory imported without a softmax (the format has none)."""
+    meta = found / "export.json"
+    return not (meta.is_file() and json.loads(meta.read_text()).get("softmax") is False)
+
+
 def run_dir_of(found: Path) -> Path:
     """The run (or export) directory that holds vocab.txt for a resolved checkpoint."""
     return found if is_export(found) else found.parent.parent
@@ -172,7 +178,7 @@ def load_tensors(path: Path):
             warnings.simplefilter("ignore")
             return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        # torch's own message suggests weights_only=False, which is exactly what must not happen here
+        # torch's own message advises turning the safe loader off; ours must not repeat that advice
         detail = next((ln.strip() for ln in str(e).splitlines() if ln.strip().startswith("Unsupported")),
                       str(e).splitlines()[0][:120] if str(e) else type(e).__name__)
         raise CheckpointError(f"{path}: cannot be loaded safely: not a plain tensor file, and elmo-dist never "

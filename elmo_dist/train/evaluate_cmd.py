@@ -26,7 +26,7 @@ from elmo_dist.train.evaluate import evaluate_bilm, unigram_ppl
 
 def evaluate_checkpoint(path: str, overrides: list[str], out: str | None = None) -> dict:
     latest = ckpt.resolve(path)
-    if ckpt.is_export(latest) and json.loads((latest / "export.json").read_text()).get("softmax") is False:
+    if not ckpt.has_softmax(latest):
         raise CheckpointError(f"{latest}: imported without a softmax, so it has no perplexity; import with --vocab "
                               "and --softmax, or train one: elmo-dist pretrain CONFIG train.init_from=" + str(latest))
     cfg = C.load_config(latest / "config.yaml", overrides)

@@ -10,7 +10,7 @@ next step boundary, then exit", agreed by every rank.
 A signal handler may interrupt a step anywhere, so it only records the signal; the training loop
 looks at it between steps, where the state is consistent and a checkpoint is exact. Ranks can get
 the signal at different moments (or read slightly different clocks), so the decision is reduced
-across ranks with a max: all stop at the same step, or none does.
+across ranks with a max, every SYNC_EVERY steps: all stop at the same step, or none does.
 
 Cluster-neutral on purpose: the deadline comes from ELMO_DIST_DEADLINE (seconds since the epoch),
 which elmo_dist.launch.slurm_env fills in from the Slurm job's end time.
@@ -26,6 +26,9 @@ import torch
 # exit statuses of `elmo-dist pretrain` after a clean early stop (checkpoint written)
 EXIT_REQUEUE = 75  # EX_TEMPFAIL: stopped for a preemption warning or the time limit; run it again to continue
 EXIT_TERMINATED = 143  # 128 + SIGTERM: stopped because it was told to; the checkpoint lets it resume later
+
+# with several processes, how many steps apart the ranks compare their stop flags
+SYNC_EVERY = 10
 
 _REASONS = {0: None, 1: "deadline", 2: "requeue signal", 3: "terminate signal"}
 
@@ -48,6 +51,7 @@ class StopRequest:
         self._previous: dict = {}
         self._step_seconds = 0.0
         self._last_poll: float | None = None
+        self._polls, self._every = 0, 1
 
     @classmethod
     def from_env(cls, signals: list[str], margin_s: float) -> "StopRequest":
@@ -67,10 +71,6 @@ class StopRequest:
             signal.signal(sig, handler)
         self._previous.clear()
 
-    def previous_handler(self, sig: signal.Signals):
-        """The handler that was installed before ours (e.g. submitit's requeue handler)."""
-        return self._previous.get(sig)
-
     def _local_code(self) -> int:
         if self.received is not None:
             return 3 if self.received == signal.SIGTERM else 2
@@ -80,12 +80,19 @@ class StopRequest:
         if self._last_poll is not None:
             self._step_seconds = max(self._step_seconds, now - self._last_poll)
         self._last_poll = now
-        # leave room for the margin plus two more of the slowest step seen (the one running, and the save)
-        return 1 if now + self.margin_s + 2 * self._step_seconds >= self.deadline else 0
+        # leave room for the margin, the steps until ranks next agree, the one running and the save
+        return 1 if now + self.margin_s + (self._every + 1) * self._step_seconds >= self.deadline else 0
 
     def poll(self, accelerator=None) -> str | None:
+        """Call once per step. One process decides at once; several agree every SYNC_EVERY steps only,
+        so the collective (and its host sync) is not paid on every step."""
+        multi = accelerator is not None and accelerator.num_processes > 1
+        self._every = SYNC_EVERY if multi else 1
         code = self._local_code()
-        if accelerator is not None and accelerator.num_processes > 1:
+        if multi:
+            self._polls += 1
+            if self._polls % SYNC_EVERY:
+                return None
             flag = torch.tensor([code], device=accelerator.device)
             code = int(accelerator.gather(flag).max())
         return _REASONS[code]

@@ -9,9 +9,6 @@ Only a fresh run starts this way: a run with checkpoints resumes from them and i
 """
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 from elmo_dist import config as C
 from elmo_dist.data.vocab import Vocabulary
 from elmo_dist.errors import CheckpointError
@@ -28,11 +25,9 @@ def warm_start(model, cfg: C.Config, vocab: Vocabulary, path: str) -> str:
     if diff:
         raise CheckpointError(f"{found}: train.init_from has a different architecture ({'; '.join(diff)})")
     state = ckpt.load_model_state(found)
-    meta = found / "export.json"
-    has_softmax = not (meta.is_file() and json.loads(meta.read_text()).get("softmax") is False)
     src_vocab = ckpt.run_dir_of(found) / "vocab.txt"
     same_vocab = src_vocab.is_file() and Vocabulary.load(src_vocab).tokens == vocab.tokens
-    keep = has_softmax and same_vocab and source.model.softmax == cfg.model.softmax
+    keep = ckpt.has_softmax(found) and same_vocab and source.model.softmax == cfg.model.softmax
     if not keep:
         state = {k: v for k, v in state.items() if not k.startswith("softmax.")}
     missing, unexpected = model.load_state_dict(state, strict=False)

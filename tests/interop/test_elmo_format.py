@@ -182,6 +182,8 @@ def test_evaluate_refuses_an_import_without_a_softmax(official, grammar_corpus):
     (lambda f: f.__delitem__("CNN_proj/b_proj"), "dataset 'CNN_proj/b_proj' is missing"),
     (lambda f: (f.__delitem__("CNN/b_cnn_1"), f.create_dataset("CNN/b_cnn_1", data=np.zeros(5, np.float32))),
      "dataset 'CNN/b_cnn_1' has shape (5,)"),
+    (lambda f: (f.__delitem__("char_embed"), f.create_dataset("char_embed", data=np.zeros((100, CHAR_DIM), np.float32))),
+     "dataset 'char_embed' has shape (100, 4)"),
 ])
 def test_a_damaged_weight_file_names_the_dataset(tmp_path, damage, named):
     write_official(tmp_path, np.random.default_rng(1))
