@@ -1,5 +1,9 @@
 """What every benchmark shares: the machine's measured GEMM rate, peak memory, known GPU peaks,
-a generated Zipf corpus, and JSON + table output."""
+a generated Zipf corpus, and JSON + table output.
+
+torch is imported inside the functions that use it, so that `bench_prepare`'s measuring process
+(which never touches torch) reports the memory of `prepare` alone, not of torch's 190 MiB.
+"""
 from __future__ import annotations
 
 import json
@@ -10,7 +14,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 # dense bf16 / fp32 peaks in TFLOP/s, from the vendors' data sheets (SXM parts)
 KNOWN_GPUS = {"H100": {"bf16": 989.0, "fp16": 989.0, "fp32": 67.0},
@@ -20,8 +23,12 @@ KNOWN_GPUS = {"H100": {"bf16": 989.0, "fp16": 989.0, "fp32": 67.0},
               "V100": {"bf16": 0.0, "fp16": 125.0, "fp32": 15.7}}
 
 
-def gemm_gflops(device: str = "cpu", n: int = 1024, dtype=torch.float32, seconds: float = 1.0) -> float:
-    """The measured matrix-multiply rate (GFLOP/s) of this device, the ceiling for MFU on a CPU."""
+def gemm_gflops(device: str = "cpu", n: int = 1024, dtype=None, seconds: float = 1.0) -> float:
+    """The measured matrix-multiply rate (GFLOP/s) of this device (fp32 unless `dtype`), the
+    ceiling for MFU on a CPU."""
+    import torch
+
+    dtype = dtype or torch.float32
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)
     for _ in range(3):
@@ -37,17 +44,23 @@ def gemm_gflops(device: str = "cpu", n: int = 1024, dtype=torch.float32, seconds
 
 def _sync(device: str) -> None:
     if device.startswith("cuda"):
+        import torch
+
         torch.cuda.synchronize()
 
 
 def peak_memory_mib(device: str) -> float:
     """CUDA max allocated, or this process's peak RSS."""
     if device.startswith("cuda"):
+        import torch
+
         return torch.cuda.max_memory_allocated() / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def gpu_peak_tflops(precision: str) -> tuple[float | None, str | None]:
+    import torch
+
     if not torch.cuda.is_available():
         return None, None
     name = torch.cuda.get_device_name()
@@ -75,6 +88,8 @@ def write_zipf_corpus(path: Path, n_tokens: int, vocab: int = 100_000, seed: int
 
 
 def machine() -> dict:
+    import torch
+
     info = {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
             "torch_threads": torch.get_num_threads(), "torch": torch.__version__}
     if torch.cuda.is_available():

@@ -2,36 +2,43 @@
 
     elmo-dist prepare 'corpus/*.txt.gz' --out data/prepared --min-count 3 --heldout-fraction 0.01
 
-Two streaming passes keep memory flat in the corpus size: the first counts words (a bounded
-counter that prunes rare words if the number of distinct words passes `--max-types`), the second
-writes int32 shards of about `--shard-tokens` tokens. Each shard is one stream of sentences
+Two streaming passes keep memory flat in the corpus size. The first reads the text, a run of
+about 2 MiB of lines at a time: one `str.split` per run, one dict lookup per token giving each
+word an id in order of first sight (written to a scratch file beside the output), one
+`np.bincount` per run for the counts, and the places where shards will end. The vocabulary comes
+from the counts. The second pass is a numpy remap of the scratch ids to vocabulary ids, shard by
+shard: no text is read or looked up twice, which is what makes prepare several million tokens per
+second on one core (README, Performance). If the number of distinct words passes `--max-types`,
+the rarest are pruned to bound memory, the scratch ids become void, and the second pass reads the
+text again and looks every word up; the shards come out the same either way.
+
+Each shard (about `--shard-tokens` tokens, ending on a sentence boundary) is one int32 stream
 `<S> w1 .. wn </S> <S> ...`; a word outside the vocabulary gets a shard-local id >= len(vocab),
 whose spelling is in the shard's `.oov.txt`, so the char CNN always sees its real characters.
 The manifest is written last, atomically: a directory without `manifest.json` is incomplete.
 """
 from __future__ import annotations
 
-import array
-import glob
-import gzip
 import json
 import os
 import time
-import zlib
-from collections import Counter
 from dataclasses import asdict, dataclass, field
+from itertools import compress
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
 
-from elmo_dist.data.tokenize import build_tokenizer
+from elmo_dist.data.reader import Stats, expand_inputs, read_line_runs
+from elmo_dist.data.shards import (LookupShardWriter, ShardPlan, WordIds, run_words, vocab_ids,
+                                   write_cached_shards, write_synced)
+from elmo_dist.data.tokenize import build_run_tokenizer
 from elmo_dist.data.vocab import BOS_ID, EOS_ID, UNK_ID, Vocabulary
 from elmo_dist.errors import DataError
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
-_CHUNK_LINES = 4096
+SPLITS = ("train", "heldout")
 
 
 @dataclass
@@ -49,288 +56,149 @@ class PrepareOptions:
     seed: int = 0
 
 
-@dataclass
-class Stats:
-    lines: int = 0
-    empty_lines: int = 0
-    lines_with_bad_utf8: int = 0
-    long_lines: int = 0
-    tokens: int = 0
-    sentences: int = 0
-    oov_tokens: int = 0
+def heldout_mask(first_line: int, n: int, fraction: float, seed: int) -> np.ndarray:
+    """Which of lines first_line+1 .. first_line+n (counted over non-empty lines) are held out:
+    a fixed multiplicative hash of the line number, so the split is deterministic, stateless and
+    well spread. uint64 products wrap, which keeps the low 32 bits that the hash uses exact."""
+    nos = np.arange(first_line + 1, first_line + n + 1, dtype=np.uint64)
+    hashed = (nos * np.uint64(2654435761) + np.uint64((seed * 40503) & 0xFFFFFFFF)) & np.uint64(0xFFFFFFFF)
+    return hashed < fraction * 4294967296.0
 
 
-def expand_inputs(patterns: list[str]) -> list[Path]:
-    """Globs and paths to a sorted, de-duplicated file list; an unmatched one is an error."""
-    files: list[Path] = []
-    for pat in patterns:
-        matches = sorted(glob.glob(os.path.expanduser(pat))) if glob.has_magic(pat) else [pat]
-        if not matches:
-            raise DataError(f"{pat}: no file matches this pattern")
-        for m in matches:
-            p = Path(m)
-            if not p.is_file():
-                raise DataError(f"{p}: input file not found")
-            if p not in files:
-                files.append(p)
-    return files
-
-
-def _open_bytes(path: Path):
-    with open(path, "rb") as f:
-        gz = f.read(2) == b"\x1f\x8b"
-    return gzip.open(path, "rb") if gz else open(path, "rb")
-
-
-# one sentence (or document) per line: a line past this is a broken file or not text, and reading it
-# whole would make memory grow with the file, so it is skipped (counted) in bounded chunks
-MAX_LINE_BYTES = 1 << 20
-
-
-_BLOCK = 1 << 22
-
-
-def _blocks(f, path: Path, stats: Stats) -> Iterator[bytes]:
-    """The file as runs of whole lines (no trailing newline), read 4 MiB at a time; lines over
-    MAX_LINE_BYTES are dropped and counted without ever being held whole."""
-    carry, skipping, line_no = b"", False, 0
-    while block := f.read(_BLOCK):
-        if b"\x00" in block:
-            at = line_no + (carry + block[: block.index(b"\x00")]).count(b"\n") + 1
-            raise DataError(f"{path}:{at}: contains NUL bytes; this looks like a binary file, not text")
-        if skipping:  # the rest of an over-long line
-            nl = block.find(b"\n")
-            if nl < 0:
-                continue
-            block, skipping = block[nl + 1:], False
-        data = carry + block if carry else block
-        cut = data.rfind(b"\n")
-        if cut < 0:
-            carry = data
-        else:
-            complete, carry = data[:cut], data[cut + 1:]
-            line_no += complete.count(b"\n") + 1
-            yield complete
-        if len(carry) > MAX_LINE_BYTES:
-            stats.lines += 1
-            stats.long_lines += 1
-            carry, skipping = b"", True
-    if carry:
-        yield carry
-
-
-def _decoded(complete: bytes, stats: Stats) -> list[str]:
-    try:  # the common case: the whole run decodes at once
-        return complete.decode("utf-8").split("\n")
-    except UnicodeDecodeError:
-        lines = []
-        for raw in complete.split(b"\n"):
-            try:
-                lines.append(raw.decode("utf-8"))
-            except UnicodeDecodeError:
-                lines.append(raw.decode("utf-8", errors="replace"))
-                stats.lines_with_bad_utf8 += 1
-        return lines
-
-
-def read_line_runs(path: Path, stats: Stats) -> Iterator[list[str]]:
-    """Decoded, stripped, non-empty lines, a run (about 4 MiB) at a time; bad UTF-8 is replaced and
-    counted, empty and over-long (> 1 MiB) lines skipped and counted; a binary file is an error."""
-    try:
-        with _open_bytes(path) as f:
-            for complete in _blocks(f, path, stats):
-                lines = _decoded(complete, stats)
-                if len(complete) > MAX_LINE_BYTES and max(map(len, lines)) > MAX_LINE_BYTES:
-                    long = sum(len(line) > MAX_LINE_BYTES for line in lines)  # inside one block: still bounded
-                    stats.long_lines += long
-                    stats.lines += long
-                    lines = [line for line in lines if len(line) <= MAX_LINE_BYTES]
-                stats.lines += len(lines)
-                kept = [s for s in map(str.strip, lines) if s]
-                stats.empty_lines += len(lines) - len(kept)
-                yield kept
-    except (OSError, EOFError, zlib.error) as e:  # truncated or corrupt gzip, unreadable file
-        raise DataError(f"{path}: cannot read ({e})") from None
-
-
-def iter_sentences(opts: PrepareOptions, files: list[Path], heldout: list[Path], stats: dict[str, Stats]):
-    """(split, tokens) for every non-empty line of the train and held-out inputs."""
-    tokenize = build_tokenizer(opts.tokenizer, opts.lowercase)
-    line_no, threshold = 0, opts.heldout_fraction * 4294967296.0
-    seed_term = opts.seed * 40503
+def iter_runs(opts: PrepareOptions, files: list[Path], heldout: list[Path],
+              stats: dict[str, Stats]) -> Iterator[tuple[str, list[str]]]:
+    """(split, lines): the non-empty lines of the train and held-out inputs, tokenized, a run at a time."""
+    tokenize = build_run_tokenizer(opts.tokenizer, opts.lowercase)
+    sample, line_no = not heldout and opts.heldout_fraction > 0, 0
     for path in files:
         for run in read_line_runs(path, stats["train"]):
-            for line in run:
-                line_no += 1
-                # a fixed multiplicative hash of the line number: deterministic, stateless, well spread
-                held = not heldout and ((line_no * 2654435761 + seed_term) & 0xFFFFFFFF) < threshold
-                words = tokenize(line)
-                if words:
-                    yield ("heldout" if held else "train"), words
+            if not sample:
+                yield "train", tokenize(run)
+                continue
+            held = heldout_mask(line_no, len(run), opts.heldout_fraction, opts.seed)
+            line_no += len(run)
+            yield "train", tokenize(list(compress(run, (~held).tolist())))
+            yield "heldout", tokenize(list(compress(run, held.tolist())))
     for path in heldout:
         for run in read_line_runs(path, stats["heldout"]):
-            for line in run:
-                words = tokenize(line)
-                if words:
-                    yield "heldout", words
+            yield "heldout", tokenize(run)
 
 
-class BoundedCounter:
-    """A word counter whose size stays under `max_types` by dropping the rarest words when full."""
-
-    def __init__(self, max_types: int):
-        self.max_types = max_types
-        self.counts: Counter = Counter()
-        self.pruned_types = 0
-
-    def update(self, words: list[str]) -> None:
-        self.counts.update(words)
-        if len(self.counts) > self.max_types:
-            self._prune()
-
-    def _prune(self) -> None:
-        threshold = 1
-        while len(self.counts) > self.max_types // 2:
-            rare = [w for w, c in self.counts.items() if c <= threshold]
-            for w in rare:
-                del self.counts[w]
-            self.pruned_types += len(rare)
-            threshold *= 2
+@dataclass
+class FirstPass:
+    """What the counting pass learns: the words and their counts, where the shards end, and the
+    sentence and word totals; `cached` if every token's first-sight id is in the scratch files."""
+    word_ids: WordIds
+    plans: dict
+    stats: dict
+    pruned_types: int = 0
+    cached: bool = True
 
 
-class ShardWriter:
-    """Accumulates encoded sentences and writes `shard-NNNNN.npy` + `.oov.txt` files."""
-
-    def __init__(self, out_dir: Path, vocab: Vocabulary, shard_tokens: int):
-        self.dir, self.vocab, self.shard_tokens = out_dir, vocab, shard_tokens
-        self.dir.mkdir(parents=True, exist_ok=True)
-        self.shards: list[dict] = []
-        self._reset()
-
-    def _reset(self) -> None:
-        self.buf = array.array("i")
-        self.lookup = _ShardLookup(self.vocab.index, len(self.vocab))
-
-    def add(self, words: list[str], stats: Stats) -> None:
-        self.stats = stats
-        self.buf.append(BOS_ID)
-        self.buf.extend(map(self.lookup.__getitem__, words))  # C speed; misses go to __missing__
-        self.buf.append(EOS_ID)
-        stats.tokens += len(words)
-        stats.sentences += 1
-        if len(self.buf) >= self.shard_tokens:
-            self.flush()
-
-    def flush(self) -> None:
-        if not self.buf:
-            return
-        name = f"shard-{len(self.shards):05d}"
-        tokens = np.frombuffer(self.buf, dtype=np.int32)
-        self.stats.oov_tokens += int(np.count_nonzero(tokens >= len(self.vocab)))
-        oov = self.lookup.oov
-        _write_synced(self.dir / f"{name}.npy", lambda f: np.save(f, tokens))
-        _write_synced(self.dir / f"{name}.oov.txt", lambda f: f.write("".join(w + "\n" for w in oov).encode()))
-        self.shards.append({"file": f"{self.dir.name}/{name}.npy", "tokens": int(len(tokens)), "oov_types": len(oov)})
-        self._reset()
-
-
-class _ShardLookup(dict):
-    """The vocabulary index, plus shard-local ids (vocab size + n) handed to unseen words on first sight."""
-
-    def __init__(self, index: dict, base: int):
-        super().__init__(index)
-        self.base, self.oov = base, []
-
-    def __missing__(self, word: str) -> int:
-        i = self[word] = self.base + len(self.oov)
-        self.oov.append(word)
-        return i
-
-
-def _write_synced(path: Path, write) -> None:
-    with open(path, "wb") as f:
-        write(f)
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def _count_pass(opts, files, heldout, stats, cache_paths) -> tuple[BoundedCounter, int]:
-    counter, tokens_seen = BoundedCounter(opts.max_types), 0
-    pending: list[str] = []
-    caches = {k: open(p, "w", encoding="utf-8") for k, p in cache_paths.items()} if cache_paths else None
-    for split, words in iter_sentences(opts, files, heldout, stats):
-        tokens_seen += len(words)
-        if caches is not None:
-            caches[split].write(" ".join(words) + "\n")
-        if split == "train":
-            pending.extend(words)
-            if len(pending) > _CHUNK_LINES * 32:
-                counter.update(pending)
-                pending = []
-    counter.update(pending)
-    if caches:
-        for f in caches.values():
+def _first_pass(opts, files, heldout, read_stats, scratch: dict[str, Path]) -> FirstPass:
+    """Count the training words, plan the shards, and keep each token's first-sight id on disk.
+    If the number of distinct words passes `max_types`, the rarest are pruned; their ids are then
+    void, so the scratch files are dropped and the second pass reads the text again."""
+    fp = FirstPass(WordIds(), {s: ShardPlan(opts.shard_tokens) for s in SPLITS}, {s: Stats() for s in SPLITS})
+    sinks = {s: open(path, "wb") for s, path in scratch.items()}
+    try:
+        for split, lines in iter_runs(opts, files, heldout, read_stats):
+            if not lines:
+                continue
+            words = run_words(lines)
+            fp.stats[split].sentences += len(lines)
+            fp.stats[split].tokens += len(words) - 2 * len(lines)
+            fp.plans[split].add(lines, len(words))
+            ids = fp.word_ids.ids(words)
+            if split == "train":
+                fp.word_ids.count(ids)
+            if fp.cached:
+                ids.tofile(sinks[split])
+            if len(fp.word_ids.words) > opts.max_types:
+                fp.word_ids, dropped = fp.word_ids.pruned(opts.max_types // 2)
+                fp.pruned_types += dropped
+                fp.cached = False
+    finally:
+        for f in sinks.values():
             f.close()
-    return counter, tokens_seen
+    return fp
 
 
-def _encode_pass(opts, files, heldout, vocab, out, cache_paths) -> tuple[dict, dict[str, Stats]]:
-    stats = {"train": Stats(), "heldout": Stats()}
-    writers = {s: ShardWriter(out / s, vocab, opts.shard_tokens) for s in ("train", "heldout")}
-    if cache_paths:  # raw text was tokenized once, in the first pass
-        for split, path in cache_paths.items():
-            for line in open(path, encoding="utf-8"):
-                writers[split].add(line.split(), stats[split])
-    else:
-        scratch = {"train": Stats(), "heldout": Stats()}
-        for split, words in iter_sentences(opts, files, heldout, scratch):
-            writers[split].add(words, stats[split])
-    for w in writers.values():
+def _second_pass(opts, files, heldout, vocab, out, fp: FirstPass, scratch) -> tuple[dict, dict]:
+    """Write the shards of both splits; returns their manifest entries and OOV token counts."""
+    shards, oov_tokens = {}, {}
+    if fp.cached:  # a remap of the ids on disk
+        table = vocab_ids(fp.word_ids, vocab)
+        for s in SPLITS:
+            shards[s], oov_tokens[s] = write_cached_shards(scratch[s], fp.plans[s], table, fp.word_ids.words,
+                                                           len(vocab), out / s)
+        return shards, oov_tokens
+    writers = {s: LookupShardWriter(out / s, vocab, fp.plans[s]) for s in SPLITS}
+    for split, lines in iter_runs(opts, files, heldout, {s: Stats() for s in SPLITS}):
+        if lines:
+            writers[split].add(run_words(lines))
+    for s, w in writers.items():
         w.flush()
-    return {s: w.shards for s, w in writers.items()}, stats
+        shards[s], oov_tokens[s] = w.shards, w.oov_tokens
+    return shards, oov_tokens
 
 
-def prepare(opts: PrepareOptions, log=print) -> dict:
+def prepare(opts: PrepareOptions) -> dict:
     """Run both passes and write the manifest; returns the manifest dict."""
-    files = expand_inputs(opts.inputs)
-    heldout = expand_inputs(opts.heldout_files) if opts.heldout_files else []
-    if not (0.0 <= opts.heldout_fraction < 1.0):
-        raise DataError(f"--heldout-fraction must be in [0, 1), got {opts.heldout_fraction}")
+    files, heldout = _checked_inputs(opts)
     out = Path(opts.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / MANIFEST).unlink(missing_ok=True)  # from here until the end, the directory is incomplete
     for old in list(out.glob("train/shard-*")) + list(out.glob("heldout/shard-*")):
         old.unlink()
     start = time.perf_counter()
-    read_stats = {"train": Stats(), "heldout": Stats()}
-    cache = {s: out / f".tokenized-{s}.tmp" for s in ("train", "heldout")} if opts.tokenizer != "whitespace" else None
-    counter, tokens_seen = _count_pass(opts, files, heldout, read_stats, cache)
-    if not counter.counts:
-        raise DataError(f"{files[0] if len(files) == 1 else 'inputs'}: the corpus has no tokens in its training part")
-    vocab = Vocabulary.from_counts(counter.counts, opts.min_count, opts.max_size)
-    shards, stats = _encode_pass(opts, files, heldout, vocab, out, cache)
-    _fill_special_counts(vocab, counter, stats["train"])
+    read_stats = {s: Stats() for s in SPLITS}
+    # scratch space: each token's first-sight id (4 bytes a token, as much as the shards themselves)
+    scratch = {s: out / f".first-sight-ids-{s}.tmp" for s in SPLITS}
+    try:
+        fp = _first_pass(opts, files, heldout, read_stats, scratch)
+        if not fp.stats["train"].tokens:
+            where = files[0] if len(files) == 1 else "inputs"
+            raise DataError(f"{where}: the corpus has no tokens in its training part")
+        train_counts = fp.word_ids.train_counts()
+        vocab = Vocabulary.from_counts(train_counts, opts.min_count, opts.max_size)
+        shards, oov_tokens = _second_pass(opts, files, heldout, vocab, out, fp, scratch)
+    finally:
+        for path in scratch.values():
+            path.unlink(missing_ok=True)
+    for s in SPLITS:
+        fp.stats[s].oov_tokens = oov_tokens[s]
+    _fill_special_counts(vocab, fp.stats["train"])
     vocab.save(out / "vocab.txt")
-    if cache:
-        for p in cache.values():
-            p.unlink(missing_ok=True)
-    seconds = time.perf_counter() - start
-    manifest = _manifest(opts, files, heldout, vocab, counter, read_stats, stats, shards, seconds, tokens_seen)
+    manifest = _manifest(opts, files, heldout, vocab, train_counts, fp, read_stats, shards,
+                         time.perf_counter() - start)
     tmp = out / (MANIFEST + ".tmp")
-    _write_synced(tmp, lambda f: f.write(json.dumps(manifest, indent=2).encode()))
+    write_synced(tmp, lambda f: f.write(json.dumps(manifest, indent=2).encode()))
     os.replace(tmp, out / MANIFEST)
     return manifest
 
 
-def _fill_special_counts(vocab: Vocabulary, counter: BoundedCounter, train: Stats) -> None:
+def _checked_inputs(opts: PrepareOptions) -> tuple[list[Path], list[Path]]:
+    files = expand_inputs(opts.inputs)
+    heldout = expand_inputs(opts.heldout_files) if opts.heldout_files else []
+    if not (0.0 <= opts.heldout_fraction < 1.0):
+        raise DataError(f"--heldout-fraction must be in [0, 1), got {opts.heldout_fraction}")
+    for flag, value, least in (("--shard-tokens", opts.shard_tokens, 1), ("--max-types", opts.max_types, 2)):
+        if value < least:
+            raise DataError(f"{flag} must be at least {least}, got {value}")
+    return files, heldout
+
+
+def _fill_special_counts(vocab: Vocabulary, train: Stats) -> None:
     # <S> and </S> occur once per sentence; <UNK> stands for every training token outside the vocab
     vocab.counts[BOS_ID] = vocab.counts[EOS_ID] = train.sentences
     vocab.counts[UNK_ID] = train.oov_tokens
 
 
-def _manifest(opts, files, heldout, vocab, counter, read_stats, stats, shards, seconds, tokens_seen) -> dict:
+def _manifest(opts, files, heldout, vocab, train_counts, fp: FirstPass, read_stats, shards, seconds) -> dict:
     rs_train, rs_held = read_stats["train"], read_stats["heldout"]
-    truncated = sum(c for w, c in counter.counts.items() if len(w.encode("utf-8")) > 48)
+    # a word of 12 characters or fewer is at most 48 bytes in UTF-8, so most words skip the encode
+    truncated = sum(c for w, c in train_counts.items() if len(w) > 12 and len(w.encode("utf-8")) > 48)
     return {
         "format_version": FORMAT_VERSION,
         "complete": True,
@@ -339,8 +207,8 @@ def _manifest(opts, files, heldout, vocab, counter, read_stats, stats, shards, s
         "sources": [str(p) for p in files],
         "heldout_sources": [str(p) for p in heldout],
         "vocab_size": len(vocab),
-        "vocab_counts_exact": counter.pruned_types == 0,
-        "pruned_types": counter.pruned_types,
+        "vocab_counts_exact": fp.pruned_types == 0,
+        "pruned_types": fp.pruned_types,
         "lines": rs_train.lines + rs_held.lines,
         "empty_lines_skipped": rs_train.empty_lines + rs_held.empty_lines,
         "lines_with_bad_utf8": rs_train.lines_with_bad_utf8 + rs_held.lines_with_bad_utf8,
@@ -348,7 +216,7 @@ def _manifest(opts, files, heldout, vocab, counter, read_stats, stats, shards, s
         "train_tokens_over_48_bytes": truncated,
         "splits": {s: {"sentences": st.sentences, "words": st.tokens, "oov_words": st.oov_tokens,
                        "stream_tokens": st.tokens + 2 * st.sentences, "shards": shards[s]}
-                   for s, st in stats.items()},
+                   for s, st in fp.stats.items()},
         "seconds": round(seconds, 3),
-        "tokens_per_s": round(tokens_seen / max(seconds, 1e-9), 1),
+        "tokens_per_s": round((fp.stats["train"].tokens + fp.stats["heldout"].tokens) / max(seconds, 1e-9), 1),
     }

@@ -1,8 +1,11 @@
-"""Word tokenizers for `elmo-dist prepare`.
+"""Word tokenizers for `elmo-dist prepare` and the embedder.
 
 - `whitespace`: the text is already tokenized (the 1B Word Benchmark is): split on whitespace.
 - `moses`: raw text, tokenized with sacremoses' Moses tokenizer, the same tokenizer family that
   produced the 1B Word Benchmark, so raw text ends up in the same form the recipe expects.
+
+`build_tokenizer` works a line at a time; `build_run_tokenizer` a run of lines at a time, which
+is what lets `prepare` split a whole run of already-tokenized text with one `str.split` call.
 """
 from __future__ import annotations
 
@@ -12,8 +15,9 @@ TOKENIZERS = ("whitespace", "moses")
 
 
 def build_tokenizer(name: str, lowercase: bool = False) -> Callable[[str], list[str]]:
+    """A function from one line to its words."""
     if name == "whitespace":
-        split = str.split  # the C method itself: prepare calls it once per line
+        split = str.split  # the C method itself: called once per line
     elif name == "moses":
         from sacremoses import MosesTokenizer
 
@@ -28,3 +32,14 @@ def build_tokenizer(name: str, lowercase: bool = False) -> Callable[[str], list[
     if lowercase:
         return lambda line: split(line.lower())
     return split
+
+
+def build_run_tokenizer(name: str, lowercase: bool = False) -> Callable[[list[str]], list[str]]:
+    """A function from a run of non-empty lines to the same lines tokenized: each line's words are
+    what `str.split()` gives on it, and lines left without words are dropped."""
+    if name == "whitespace":
+        # already tokenized: the lines pass through and str.split() on them later is the tokenizer
+        # (lowercasing never turns a non-space character into a space, so no line empties)
+        return (lambda lines: list(map(str.lower, lines))) if lowercase else (lambda lines: lines)
+    split = build_tokenizer(name, lowercase)
+    return lambda lines: [" ".join(words) for words in map(split, lines) if words]

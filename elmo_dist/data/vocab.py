@@ -41,12 +41,11 @@ class Vocabulary:
     @classmethod
     def from_counts(cls, counts: dict[str, int], min_count: int = 1, max_size: int = 0) -> "Vocabulary":
         """Specials first, then words with count >= min_count by descending count (ties: alphabetical)."""
-        words = [(w, c) for w, c in counts.items() if c >= min_count and w not in SPECIALS]
-        words.sort(key=lambda wc: (-wc[1], wc[0]))
+        kept = sorted(w for w, c in counts.items() if c >= min_count and w not in SPECIALS)
+        kept.sort(key=counts.__getitem__, reverse=True)  # stable, so equal counts stay alphabetical
         if max_size:
-            words = words[: max(0, max_size - len(SPECIALS))]
-        kept = [w for w, _ in words]
-        arr = np.array([0, 0, 0] + [c for _, c in words], dtype=np.int64)
+            kept = kept[: max(0, max_size - len(SPECIALS))]
+        arr = np.array([0, 0, 0] + [counts[w] for w in kept], dtype=np.int64)
         return cls(list(SPECIALS) + kept, arr)
 
     def save(self, path: str | Path) -> None:

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from elmo_dist.classify.data import read_examples
 from elmo_dist.data.char_ids import BOW_CHAR, EOW_CHAR, N_CHARS, PAD_CHAR, token_char_ids
-from elmo_dist.data.prepare import _BLOCK, MAX_LINE_BYTES, Stats, read_line_runs
+from elmo_dist.data.reader import _BLOCK, MAX_LINE_BYTES, Stats, read_line_runs
 from elmo_dist.errors import DataError
 
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -84,7 +84,7 @@ def test_memory_stays_flat_on_one_enormous_line(tmp_path):
     big = _write(tmp_path, "big.txt", b"the cat .\n" + b"x" * (64 << 20) + b"\nthe dog .\n")
     stats = Stats()
     peak = _peak_mib(lambda: [len(run) for run in read_line_runs(big, stats)])
-    # bounded by the reader's 4 MiB blocks (and the 1 MiB line limit), not by the 64 MiB line
+    # bounded by the reader's blocks (and the 1 MiB line limit), not by the 64 MiB line
     assert stats.long_lines == 1 and peak < 4 * (_BLOCK + MAX_LINE_BYTES) / 2**20
     csv_path = _write(tmp_path, "big.csv", b"text,label\n" + b"x" * (80 << 20) + b",a\n")
     csv_peak = []

@@ -1,0 +1,152 @@
+"""`prepare` against a straightforward reference: read line by line, look every word up, cut a shard
+after the sentence that fills it. The fast path (runs of lines, first-sight ids on disk, a numpy
+remap) and the pruned path (the text read again) must both write exactly what the reference writes."""
+from __future__ import annotations
+
+import gzip
+import json
+import random
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from elmo_dist.data.prepare import PrepareOptions, heldout_mask, prepare
+from elmo_dist.data.shards import WordIds
+from elmo_dist.data.tokenize import build_tokenizer
+from elmo_dist.data.vocab import Vocabulary
+from elmo_dist.errors import DataError
+
+SPECIAL_WORDS = ["<S>", "</S>", "<UNK>"]  # as literal words in the text, they mean the specials
+
+
+def _write_corpus(path: Path, n_lines: int, seed: int, gz: bool = False) -> Path:
+    rng = random.Random(seed)
+    words = [f"w{i}" for i in range(400)] + ["caf\u00e9", "na\u00efve", "x" * 60, "The", "the", *SPECIAL_WORDS]
+    lines = []
+    for i in range(n_lines):
+        line = " ".join(rng.choice(words[: rng.choice([20, 400, len(words)])]) for _ in range(rng.randint(0, 30)))
+        line += f" once{seed}_{i}" if i % 7 == 0 else ""  # seen once: outside the vocabulary (OOV)
+        lines.append(("  \t" + line + " \r") if i % 13 == 0 else ("   " if i % 50 == 0 else line))
+    data = "\n".join(lines).encode().replace(b"w17 ", b"w17\xff ", 3)  # bad UTF-8, replaced
+    path.write_bytes(gzip.compress(data) if gz else data)
+    return path
+
+
+def _reference(paths, opts: PrepareOptions):
+    """The vocabulary and {split: [(stream, oov words)]}, computed the obvious way."""
+    tokenize = build_tokenizer(opts.tokenizer, opts.lowercase)
+    sentences, n = {"train": [], "heldout": []}, 0
+    for path in paths:
+        raw = gzip.open(path).read() if path.suffix == ".gz" else path.read_bytes()
+        for line in raw.split(b"\n"):
+            line = line.decode("utf-8", errors="replace").strip()
+            if line:
+                n += 1
+                held = ((n * 2654435761 + opts.seed * 40503) & 0xFFFFFFFF) < opts.heldout_fraction * 2**32
+                if words := tokenize(line):
+                    sentences["heldout" if held else "train"].append(words)
+    vocab = Vocabulary.from_counts(Counter(w for s in sentences["train"] for w in s), opts.min_count)
+    shards = {}
+    for split, ss in sentences.items():
+        shards[split], stream, oov = [], [], {}
+        for s in ss:
+            for w in ["<S>", *s, "</S>"]:
+                stream.append(vocab.index[w] if w in vocab.index else oov.setdefault(w, len(vocab) + len(oov)))
+            if len(stream) >= opts.shard_tokens:
+                shards[split].append((stream, list(oov)))
+                stream, oov = [], {}
+        if stream:
+            shards[split].append((stream, list(oov)))
+    return vocab, shards
+
+
+def _written(out: Path):
+    manifest = json.loads((out / "manifest.json").read_text())
+    shards = {split: [(np.load(out / s["file"]).tolist(),
+                       (out / s["file"]).with_suffix(".oov.txt").read_text(encoding="utf-8").splitlines())
+                      for s in info["shards"]] for split, info in manifest["splits"].items()}
+    return manifest, Vocabulary.load(out / "vocab.txt"), shards
+
+
+@pytest.mark.parametrize("tokenizer,lowercase,shard_tokens", [("whitespace", False, 700), ("whitespace", True, 10**6),
+                                                              ("moses", False, 900)])
+def test_prepare_writes_what_the_line_by_line_reference_writes(tmp_path, tokenizer, lowercase, shard_tokens):
+    paths = [_write_corpus(tmp_path / "a.txt", 1500, 1), _write_corpus(tmp_path / "b.txt.gz", 400, 2, gz=True)]
+    opts = PrepareOptions(inputs=[str(p) for p in paths], out=str(tmp_path / "out"), tokenizer=tokenizer,
+                          lowercase=lowercase, min_count=2, heldout_fraction=0.1, shard_tokens=shard_tokens, seed=5)
+    prepare(opts)
+    manifest, vocab, shards = _written(tmp_path / "out")
+    ref_vocab, ref_shards = _reference(paths, opts)
+    assert vocab.tokens == ref_vocab.tokens
+    assert shards == ref_shards
+    assert manifest["vocab_counts_exact"] and manifest["pruned_types"] == 0
+    assert manifest["splits"]["train"]["oov_words"] == sum(t >= len(vocab) for s, _ in shards["train"] for t in s) > 0
+    if shard_tokens < 1000:
+        assert len(shards["train"]) > 10  # shards really were cut, many times, inside runs of lines
+    assert not list((tmp_path / "out").glob("*.tmp"))  # the scratch ids are gone
+
+
+def test_pruned_count_reads_the_text_again_and_writes_the_same_shards(tmp_path):
+    # the frequent words come first and each of them many times; then 3,000 words seen once each:
+    # pruning at 2,000 distinct words keeps every frequent word, so the vocabulary is unchanged
+    rng = random.Random(0)
+    frequent = [" ".join(rng.choice([f"f{i}" for i in range(300)]) for _ in range(20)) for _ in range(400)]
+    singletons = [" ".join(f"s{i}_{j}" for j in range(10)) for i in range(300)]
+    (tmp_path / "c.txt").write_text("\n".join(frequent + singletons + frequent[:50]) + "\n")
+    outs = {}
+    for max_types in (10**6, 2000):
+        outs[max_types] = tmp_path / f"p{max_types}"
+        prepare(PrepareOptions(inputs=[str(tmp_path / "c.txt")], out=str(outs[max_types]), min_count=2,
+                               shard_tokens=1500, heldout_fraction=0.05, max_types=max_types))
+    (m_full, v_full, s_full), (m_pruned, v_pruned, s_pruned) = _written(outs[10**6]), _written(outs[2000])
+    assert m_pruned["pruned_types"] > 0 and not m_pruned["vocab_counts_exact"] and m_full["vocab_counts_exact"]
+    assert v_pruned.tokens == v_full.tokens and len(v_full) == 303
+    assert s_pruned == s_full and len(s_full["train"]) > 3
+
+
+def test_pruning_keeps_the_most_frequent_words_even_when_counts_are_even():
+    ids = WordIds()
+    words = [f"w{i}" for i in range(100)]
+    ids.count(ids.ids(words * 5 + words[:10]))  # w0..w9: 6 times, the rest 5 times each
+    pruned, dropped = ids.pruned(30)
+    assert pruned.words[:3] == ["<S>", "</S>", "<UNK>"]
+    assert pruned.words[3:13] == words[:10] and len(pruned.words) == 33 and dropped == 70
+    assert pruned.counts[3:13].tolist() == [6] * 10 and pruned.counts[13:33].tolist() == [5] * 20
+    assert pruned["w0"] == 3 and pruned.ids(["w99"]).tolist() == [33]  # a dropped word is new again
+
+
+def test_a_corpus_of_evenly_spread_words_keeps_a_vocabulary_when_pruned(tmp_path):
+    # the old pruner doubled a count threshold until it fitted, which could drop every word
+    (tmp_path / "c.txt").write_text("\n".join(" ".join(f"w{(i * 7 + j) % 500}" for j in range(10))
+                                              for i in range(2000)) + "\n")
+    m = prepare(PrepareOptions(inputs=[str(tmp_path / "c.txt")], out=str(tmp_path / "p"), max_types=200,
+                               heldout_fraction=0.0))
+    assert m["pruned_types"] > 0 and m["vocab_size"] >= 100 and m["splits"]["train"]["words"] == 20000
+
+
+@pytest.mark.parametrize("first,seed", [(0, 0), (2**32 - 5, 3), (10**12, 2**40 + 7), (5, -4)])
+def test_heldout_mask_is_the_line_number_hash(first, seed):
+    n, fraction = 5000, 0.3
+    expected = [((no * 2654435761 + seed * 40503) & 0xFFFFFFFF) < fraction * 2**32
+                for no in range(first + 1, first + n + 1)]
+    assert heldout_mask(first, n, fraction, seed).tolist() == expected
+    assert 0.25 < np.mean(expected) < 0.35
+
+
+def test_a_failed_prepare_leaves_no_scratch_files(tmp_path):
+    good = _write_corpus(tmp_path / "good.txt", 200, 0)
+    cut = tmp_path / "cut.txt.gz"
+    cut.write_bytes(gzip.compress(good.read_bytes())[:-40])
+    with pytest.raises(DataError, match="cut.txt.gz"):
+        prepare(PrepareOptions(inputs=[str(good), str(cut)], out=str(tmp_path / "p")))
+    assert not list((tmp_path / "p").iterdir())
+
+
+@pytest.mark.parametrize("key,value", [("shard_tokens", 0), ("max_types", 1)])
+def test_sizes_out_of_range_are_refused(tmp_path, key, value):
+    good = _write_corpus(tmp_path / "good.txt", 20, 0)
+    flag = "--" + key.replace("_", "-")
+    with pytest.raises(DataError, match=f"{flag} must be at least"):
+        prepare(PrepareOptions(inputs=[str(good)], out=str(tmp_path / "p"), **{key: value}))
