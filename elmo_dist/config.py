@@ -84,6 +84,11 @@ class OptimConfig:
     min_lr_ratio: float = 0.0
     grad_clip: float = 10.0
     """Global-norm gradient clipping (0 = off)."""
+    implementation: str = "auto"
+    """How torch runs the update: fused (one kernel over all parameters), foreach (multi-tensor ops),
+    loop (one parameter at a time), or auto = fused (CPU and CUDA both have it; on the CPU it measured
+    5-7x faster than the loop; README, Performance). All three compute the same update, up to float
+    rounding (fused differs from the loop by about 1e-7 per step)."""
 
 
 @dataclass
@@ -230,6 +235,8 @@ def validate(cfg: Config) -> None:
     _require(o.lr > 0, "optim.lr", f"must be positive, got {o.lr}")
     _require(o.decay in ("none", "linear", "cosine"), "optim.decay", f"must be none, linear or cosine, got '{o.decay}'")
     _require(o.warmup_steps >= 0 and o.grad_clip >= 0, "optim.warmup_steps", "and optim.grad_clip must be >= 0")
+    _require(o.implementation in ("auto", "fused", "foreach", "loop"), "optim.implementation",
+             f"must be auto, fused, foreach or loop, got '{o.implementation}'")
     _require(t.max_steps > 0, "train.max_steps", f"must be positive, got {t.max_steps}")
     _require(t.device in ("auto", "cpu", "cuda"), "train.device", f"must be auto, cpu or cuda, got '{t.device}'")
     _require(t.eval_every >= 0, "train.eval_every", "must be >= 0")

@@ -118,6 +118,8 @@ def _first_pass(opts, files, heldout, read_stats, scratch: dict[str, Path]) -> F
                 fp.word_ids, dropped = fp.word_ids.pruned(opts.max_types // 2)
                 fp.pruned_types += dropped
                 fp.cached = False
+                for f in sinks.values():  # the disk it held is free again at once
+                    f.truncate(0)
     finally:
         for f in sinks.values():
             f.close()

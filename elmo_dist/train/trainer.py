@@ -33,11 +33,14 @@ from elmo_dist.train.warm_start import warm_start
 
 
 def build_optimizer(cfg: C.OptimConfig, params) -> torch.optim.Optimizer:
+    impl = {"auto": {"fused": True}, "fused": {"fused": True}, "foreach": {"foreach": True},
+            "loop": {"foreach": False}}[cfg.implementation]
     if cfg.name == "adagrad":
         # ELMo's recipe: Adagrad, lr 0.2, initial accumulator 1.0
         return torch.optim.Adagrad(params, lr=cfg.lr, initial_accumulator_value=cfg.adagrad_init_acc,
-                                   weight_decay=cfg.weight_decay)
-    return torch.optim.Adam(params, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay)
+                                   weight_decay=cfg.weight_decay, **impl)
+    return torch.optim.Adam(params, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay,
+                            **impl)
 
 
 def lr_at(cfg: C.OptimConfig, step: int, max_steps: int) -> float:
