@@ -209,6 +209,7 @@ def test_wrong_type_in_yaml_names_the_key_and_file(tmp_path):
     ("model.filters=[[1,0]]", "model.filters"),
     ("train.max_steps=0", "train.max_steps"),
     ("optim.lr=-0.1", "optim.lr"),
+    ("optim.implementation=apex", "optim.implementation"),
     ("checkpoint.keep_last=0", "checkpoint.keep_last"),
 ])
 def test_bad_values_name_their_key(override, key):
