@@ -23,8 +23,8 @@ TINY = ["--flavour", "debug", "--batch-size", "4", "--unroll", "5", "--steps", "
 
 def test_bench_pretrain_with_the_naive_baseline(tmp_path):
     res = bench("bench_pretrain", *TINY, "--compare-naive", out=tmp_path / "p.json")
-    for key in ("tokens_per_s", "tokens_per_s_with_data", "ms_per_step", "flops_per_token", "gemm_gflops",
-                "mfu", "naive_tokens_per_s", "speedup_vs_naive", "peak_memory_mib"):
+    for key in ("tokens_per_s", "tokens_per_s_with_data", "ms_per_step", "data_ms_per_batch", "flops_per_token",
+                "gemm_gflops", "mfu", "naive_tokens_per_s", "speedup_vs_naive", "peak_memory_mib"):
         assert res[key] > 0, key
     # the naive baseline encodes every position twice (once per direction) at full width
     assert res["naive_flops_per_token"] > res["flops_per_token"]
@@ -34,6 +34,8 @@ def test_bench_prepare_two_sizes(tmp_path):
     res = bench("bench_prepare", "--tokens", "20000", "40000", "--vocab", "3000", out=tmp_path / "p.json")
     assert [r["tokens"] for r in res["runs"]] == [20000, 40000]
     assert all(r["tokens_per_s"] > 0 and r["peak_rss_mib"] > 0 for r in res["runs"])
+    # the measuring process runs prepare alone: torch (about 190 MiB) is never imported into it
+    assert all(r["peak_rss_mib"] < 150 for r in res["runs"])
 
 
 def test_bench_dist_one_vs_two_processes(tmp_path):
