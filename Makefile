@@ -44,7 +44,7 @@ test: $(VENV)/.dev-installed
 	tests/slurm/install-slurm.sh
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest tests
 
-# `make bench`: the CPU figures of README, Performance (about 5 minutes on 2 cores); JSON in benchmarks/results/
+# `make bench`: the CPU figures of README, Performance (about 5-6 minutes on 2 cores); JSON in benchmarks/results/
 BENCH := benchmarks/results
 bench: $(VENV)/.dev-installed
 	$(BIN)/python -m benchmarks.bench_pretrain --flavour debug --batch-size 128 --compare-naive --out $(BENCH)/pretrain-debug-cpu.json

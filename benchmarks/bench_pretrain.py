@@ -24,6 +24,7 @@ import torch
 
 from benchmarks.common import emit, gemm_gflops, gpu_peak_tflops, machine, peak_memory_mib, write_zipf_corpus
 from benchmarks.naive import NaiveBiLM, naive_step
+from elmo_dist.data.char_ids import PAD_CHAR
 
 
 def parse_args(argv=None):
@@ -37,6 +38,8 @@ def parse_args(argv=None):
     p.add_argument("--steps", type=int, default=10, help="timed steps per measurement")
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--compare-naive", action="store_true", help="also time the straightforward baseline")
+    p.add_argument("--no-dedup", action="store_true",
+                   help="feed the char CNN every position of both directions at full width (the fast path off)")
     p.add_argument("--peak-tflops", type=float, help="the device's peak, for MFU (default: known GPUs / measured GEMM)")
     p.add_argument("--corpus-tokens", type=int, default=1_000_000)
     p.add_argument("--vocab", type=int, default=100_000)
@@ -93,6 +96,9 @@ def measure(args) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         trainer = build_trainer(args, Path(tmp))
         device = str(trainer.accelerator.device)
+        if args.no_dedup:
+            deduped, width = trainer.batcher.next_batch, trainer.cfg.model.max_chars_per_token
+            trainer.batcher.next_batch = lambda: per_position(deduped(), width)
         for _ in range(args.warmup):
             trainer.train_step()
         with_data, model_only, batches = _step_times(trainer, args.steps, device)
@@ -103,6 +109,7 @@ def measure(args) -> dict:
         m, vocab = trainer.cfg.model, len(trainer.corpus.vocab)
         fast_width = min(m.max_chars_per_token, width - 1 + max(w for w, _ in m.filters))
         res = {"flavour": args.flavour, "device": device, "precision": args.precision, "batch": [args.batch_size, args.unroll],
+               "dedup": not args.no_dedup, "overrides": args.set,
                "parameters": sum(p.numel() for p in trainer.model.parameters()), "vocab": vocab,
                "distinct_tokens_per_position": uniq, "char_columns": fast_width,
                "ms_per_step": model_only * 1e3, "ms_per_step_with_data": with_data * 1e3,
@@ -113,6 +120,18 @@ def measure(args) -> dict:
             res.update(_naive(trainer, batches, args, device, to_device))
         res["peak_memory_mib"] = peak_memory_mib(device)
         return res
+
+
+def per_position(batch: dict, max_chars: int) -> dict:
+    """The same batch without the distinct-token fast path: every position of both directions gets
+    its own char-CNN pass at the full width, as older ELMo code does it."""
+    idx = np.concatenate([batch["fwd_index"].ravel(), batch["bwd_index"].ravel()])
+    chars = np.full((len(idx), max_chars), PAD_CHAR, dtype=batch["chars"].dtype)
+    chars[:, : batch["chars"].shape[1]] = batch["chars"][idx]
+    n = batch["fwd_index"].size
+    return {**batch, "token_ids": batch["token_ids"][idx], "chars": chars,
+            "fwd_index": np.arange(n).reshape(batch["fwd_index"].shape),
+            "bwd_index": n + np.arange(n).reshape(batch["bwd_index"].shape)}
 
 
 def _step_times(trainer, steps: int, device: str) -> tuple[float, float, list]:
@@ -173,7 +192,8 @@ def main(argv=None) -> dict:
     achieved = res["tokens_per_s"] * res["flops_per_token"] / 1e9
     res.update(machine=machine(), gemm_gflops=gemm, peak_gflops=peak_gflops, achieved_gflops=achieved,
                mfu=achieved / peak_gflops if peak_gflops else None)
-    rows = [("flavour / device / precision", f"{args.flavour} / {device} / {args.precision}"),
+    rows = [("flavour / device / precision", f"{args.flavour} / {device} / {args.precision}"
+                                             + (" / no dedup" if args.no_dedup else "")),
             ("batch (rows x steps)", f"{args.batch_size} x {args.unroll}"),
             ("tokens/s (model only)", f"{res['tokens_per_s']:,.0f}"),
             ("tokens/s (with data pipeline)", f"{res['tokens_per_s_with_data']:,.0f}"),

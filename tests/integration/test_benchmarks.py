@@ -30,6 +30,13 @@ def test_bench_pretrain_with_the_naive_baseline(tmp_path):
     assert res["naive_flops_per_token"] > res["flops_per_token"]
 
 
+def test_bench_pretrain_without_the_distinct_token_path(tmp_path):
+    res = bench("bench_pretrain", *TINY, "--no-dedup", out=tmp_path / "p.json")
+    # every position of both directions through the char CNN, at the full 50 characters
+    assert res["distinct_tokens_per_position"] == 2.0 and res["char_columns"] == 50 and not res["dedup"]
+    assert res["tokens_per_s"] > 0
+
+
 def test_bench_prepare_two_sizes(tmp_path):
     res = bench("bench_prepare", "--tokens", "20000", "40000", "--vocab", "3000", out=tmp_path / "p.json")
     assert [r["tokens"] for r in res["runs"]] == [20000, 40000]
