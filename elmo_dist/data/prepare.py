@@ -10,7 +10,7 @@ from the counts. The second pass is a numpy remap of the scratch ids to vocabula
 shard: no text is read or looked up twice, which is what makes prepare several million tokens per
 second on one core (README, Performance). If the number of distinct words passes `--max-types`,
 the rarest are pruned to bound memory, the scratch ids become void, and the second pass reads the
-text again and looks every word up; the shards come out the same either way.
+text again and looks every word up; both second passes write what a word-by-word lookup writes.
 
 Each shard (about `--shard-tokens` tokens, ending on a sentence boundary) is one int32 stream
 `<S> w1 .. wn </S> <S> ...`; a word outside the vocabulary gets a shard-local id >= len(vocab),
