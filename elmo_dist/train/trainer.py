@@ -24,7 +24,7 @@ from elmo_dist.data.corpus import PreparedCorpus
 from elmo_dist.errors import CheckpointError, DataError, TrainingDiverged
 from elmo_dist.model import build_bilm
 from elmo_dist.train import checkpoint as ckpt
-from elmo_dist.train.accel import build_accelerator
+from elmo_dist.train.accel import build_accelerator, shut_down
 from elmo_dist.train.evaluate import evaluate_bilm, to_device, unigram_ppl
 from elmo_dist.train.metrics import MetricsLogger, log, setup_logging
 from elmo_dist.train.guard import NonFiniteGuard
@@ -370,8 +370,7 @@ class Trainer:
         if acc.is_main_process:
             (self.run_dir / "summary.json").write_text(json.dumps(self.summary, indent=2))
         self.metrics.close()
-        acc.wait_for_everyone()
-        acc.end_training()
+        shut_down(acc)
         return self.summary
 
 

@@ -137,3 +137,13 @@ def test_srun_style_tasks_form_one_group(tmp_path, grammar_corpus):
     one, two = final_weights(tmp_path / "one"), final_weights(tmp_path / "srun")
     for name in one:
         torch.testing.assert_close(two[name], one[name], rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_finished_two_process_runs_always_exit_cleanly(tmp_path, grammar_corpus):
+    # a finished run used to abort at interpreter exit in about 1 in 7 tries ("terminate called without
+    # an active exception", SIGABRT, so torchrun and Slurm report a failure): gloo's worker threads were
+    # still releasing the last collective's tensors. Eight short runs in a row all exit 0 and print it.
+    for i in range(8):
+        proc = torchrun(2, *pretrain_args(tmp_path / f"run{i}", grammar_corpus, "train.max_steps=6",
+                                          "train.eval_every=0", "data.batch_size=8"))
+        assert "terminate called" not in proc.stderr and "steps 6," in proc.stdout
