@@ -67,32 +67,45 @@ def heldout_mask(first_line: int, n: int, fraction: float, seed: int) -> np.ndar
 
 def iter_runs(opts: PrepareOptions, files: list[Path], heldout: list[Path],
               stats: dict[str, Stats]) -> Iterator[tuple[str, list[str]]]:
-    """(split, lines): the non-empty lines of the train and held-out inputs, tokenized, a run at a time."""
+    """(split, lines): the non-empty lines of the train and held-out inputs, tokenized, a run at a
+    time; a run left without lines (none held out, or none with a token) is not yielded."""
     tokenize = build_run_tokenizer(opts.tokenizer, opts.lowercase)
+    for split, run in _split_runs(opts, files, heldout, stats):
+        if lines := tokenize(run):
+            yield split, lines
+
+
+def _split_runs(opts, files, heldout, stats) -> Iterator[tuple[str, list[str]]]:
+    """(split, raw lines) per run: the training files' runs split by the held-out hash, then the
+    held-out files' runs."""
     sample, line_no = not heldout and opts.heldout_fraction > 0, 0
     for path in files:
         for run in read_line_runs(path, stats["train"]):
             if not sample:
-                yield "train", tokenize(run)
+                yield "train", run
                 continue
             held = heldout_mask(line_no, len(run), opts.heldout_fraction, opts.seed)
             line_no += len(run)
-            yield "train", tokenize(list(compress(run, (~held).tolist())))
-            yield "heldout", tokenize(list(compress(run, held.tolist())))
+            yield "train", list(compress(run, (~held).tolist()))
+            yield "heldout", list(compress(run, held.tolist()))
     for path in heldout:
         for run in read_line_runs(path, stats["heldout"]):
-            yield "heldout", tokenize(run)
+            yield "heldout", run
 
 
 @dataclass
 class FirstPass:
     """What the counting pass learns: the words and their counts, where the shards end, and the
-    sentence and word totals; `cached` if every token's first-sight id is in the scratch files."""
+    sentence and word totals (the second pass adds the OOV counts)."""
     word_ids: WordIds
     plans: dict
     stats: dict
     pruned_types: int = 0
-    cached: bool = True
+
+    @property
+    def cached(self) -> bool:
+        """Every token's first-sight id is in the scratch files: nothing was pruned, so none is void."""
+        return self.pruned_types == 0
 
 
 def _first_pass(opts, files, heldout, read_stats, scratch: dict[str, Path]) -> FirstPass:
@@ -103,8 +116,6 @@ def _first_pass(opts, files, heldout, read_stats, scratch: dict[str, Path]) -> F
     sinks = {s: open(path, "wb") for s, path in scratch.items()}
     try:
         for split, lines in iter_runs(opts, files, heldout, read_stats):
-            if not lines:
-                continue
             words = run_words(lines)
             fp.stats[split].sentences += len(lines)
             fp.stats[split].tokens += len(words) - 2 * len(lines)
@@ -117,7 +128,6 @@ def _first_pass(opts, files, heldout, read_stats, scratch: dict[str, Path]) -> F
             if len(fp.word_ids.words) > opts.max_types:
                 fp.word_ids, dropped = fp.word_ids.pruned(opts.max_types // 2)
                 fp.pruned_types += dropped
-                fp.cached = False
                 for f in sinks.values():  # the disk it held is free again at once
                     f.truncate(0)
     finally:
@@ -126,23 +136,23 @@ def _first_pass(opts, files, heldout, read_stats, scratch: dict[str, Path]) -> F
     return fp
 
 
-def _second_pass(opts, files, heldout, vocab, out, fp: FirstPass, scratch) -> tuple[dict, dict]:
-    """Write the shards of both splits; returns their manifest entries and OOV token counts."""
-    shards, oov_tokens = {}, {}
+def _second_pass(opts, files, heldout, vocab, out, fp: FirstPass, scratch) -> dict:
+    """Write the shards of both splits and count their OOV tokens into `fp.stats`; returns the
+    shards' manifest entries."""
+    shards = {}
     if fp.cached:  # a remap of the ids on disk
         table = vocab_ids(fp.word_ids, vocab)
         for s in SPLITS:
-            shards[s], oov_tokens[s] = write_cached_shards(scratch[s], fp.plans[s], table, fp.word_ids.words,
-                                                           len(vocab), out / s)
-        return shards, oov_tokens
+            shards[s], fp.stats[s].oov_tokens = write_cached_shards(scratch[s], fp.plans[s], table,
+                                                                    fp.word_ids.words, len(vocab), out / s)
+        return shards
     writers = {s: LookupShardWriter(out / s, vocab, fp.plans[s]) for s in SPLITS}
     for split, lines in iter_runs(opts, files, heldout, {s: Stats() for s in SPLITS}):
-        if lines:
-            writers[split].add(run_words(lines))
+        writers[split].add(run_words(lines))
     for s, w in writers.items():
         w.flush()
-        shards[s], oov_tokens[s] = w.shards, w.oov_tokens
-    return shards, oov_tokens
+        shards[s], fp.stats[s].oov_tokens = w.shards, w.oov_tokens
+    return shards
 
 
 def prepare(opts: PrepareOptions) -> dict:
@@ -164,12 +174,10 @@ def prepare(opts: PrepareOptions) -> dict:
             raise DataError(f"{where}: the corpus has no tokens in its training part")
         train_counts = fp.word_ids.train_counts()
         vocab = Vocabulary.from_counts(train_counts, opts.min_count, opts.max_size)
-        shards, oov_tokens = _second_pass(opts, files, heldout, vocab, out, fp, scratch)
+        shards = _second_pass(opts, files, heldout, vocab, out, fp, scratch)
     finally:
         for path in scratch.values():
             path.unlink(missing_ok=True)
-    for s in SPLITS:
-        fp.stats[s].oov_tokens = oov_tokens[s]
     _fill_special_counts(vocab, fp.stats["train"])
     vocab.save(out / "vocab.txt")
     manifest = _manifest(opts, files, heldout, vocab, train_counts, fp, read_stats, shards,
