@@ -96,13 +96,14 @@ def measure(args) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         trainer = build_trainer(args, Path(tmp))
         device = str(trainer.accelerator.device)
+        next_batch = trainer.batcher.next_batch
         if args.no_dedup:
-            deduped, width = trainer.batcher.next_batch, trainer.cfg.model.max_chars_per_token
-            trainer.batcher.next_batch = lambda: per_position(deduped(), width)
+            width = trainer.cfg.model.max_chars_per_token
+            next_batch = lambda: per_position(trainer.batcher.next_batch(), width)  # noqa: E731
         for _ in range(args.warmup):
-            trainer.train_step()
-        with_data, model_only, batches = _step_times(trainer, args.steps, device)
-        data_s = _timed(trainer.batcher.next_batch, 5 * args.steps, "cpu")  # the host pipeline alone
+            trainer.train_step(next_batch())
+        with_data, model_only, batches = _step_times(trainer, next_batch, args.steps, device)
+        data_s = _timed(next_batch, 5 * args.steps, "cpu")  # the host pipeline alone
         positions = args.batch_size * args.unroll
         uniq = float(np.mean([len(b["token_ids"]) for b in batches])) / positions
         width = int(np.mean([b["chars"].shape[1] for b in batches]))
@@ -134,19 +135,15 @@ def per_position(batch: dict, max_chars: int) -> dict:
             "bwd_index": n + np.arange(n).reshape(batch["bwd_index"].shape)}
 
 
-def _step_times(trainer, steps: int, device: str) -> tuple[float, float, list]:
+def _step_times(trainer, next_batch, steps: int, device: str) -> tuple[float, float, list]:
     """Seconds per step with the data pipeline and with pre-built batches, each the best of two
     alternating rounds: whichever is timed first right after warm-up otherwise reads slower."""
-    real_next = trainer.batcher.next_batch
     with_data, model_only = [], []
     for _ in range(2):
-        trainer.batcher.next_batch = real_next
-        with_data.append(_timed(trainer.train_step, steps, device))
-        batches = [real_next() for _ in range(steps)]
+        with_data.append(_timed(lambda: trainer.train_step(next_batch()), steps, device))
+        batches = [next_batch() for _ in range(steps)]
         feed = iter(batches)
-        trainer.batcher.next_batch = lambda: next(feed)
-        model_only.append(_timed(trainer.train_step, steps, device))
-    trainer.batcher.next_batch = real_next
+        model_only.append(_timed(lambda: trainer.train_step(next(feed)), steps, device))
     return min(with_data), min(model_only), batches
 
 
@@ -154,7 +151,7 @@ def _naive(trainer, batches, args, device, to_device) -> dict:
     cfg = trainer.cfg
     torch.manual_seed(0)
     model = NaiveBiLM(cfg.model, len(trainer.corpus.vocab)).to(device).train()
-    from elmo_dist.train.trainer import build_optimizer
+    from elmo_dist.train.optim import build_optimizer
 
     opt = build_optimizer(cfg.optim, model.parameters())
     denom = 2 * args.batch_size * args.unroll

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 from elmo_dist import __version__
@@ -189,7 +188,7 @@ def cmd_pretrain(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    from elmo_dist.train.evaluate_cmd import evaluate_checkpoint
+    from elmo_dist.train.evaluate import evaluate_checkpoint
 
     summary = evaluate_checkpoint(args.checkpoint, args.overrides, args.out)
     _print_ppl(summary)
@@ -206,7 +205,7 @@ def cmd_export(args) -> int:
 
 
 def cmd_finetune(args) -> int:
-    from elmo_dist.classify.config import load_finetune_config, single_variant
+    from elmo_dist.config import load_finetune_config, single_variant
     from elmo_dist.classify.finetune import finetune
 
     cfg = load_finetune_config(args.config, args.overrides)
@@ -279,6 +278,11 @@ def _slurm_flags(argv: list[str]) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(_slurm_flags(sys.argv[1:] if argv is None else list(argv)))
+    if args.command in ("pretrain", "finetune"):
+        from elmo_dist.launch.slurm_env import export_slurm_env
+
+        # srun tasks: SLURM_* -> RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT, and the job's deadline
+        export_slurm_env()
     try:
         return COMMANDS[args.command](args)
     except UserError as e:

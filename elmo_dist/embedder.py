@@ -16,19 +16,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from elmo_dist import config as C
+from elmo_dist.config import Config
 from elmo_dist.data.batching import trim_chars
 from elmo_dist.data.char_ids import char_id_table
 from elmo_dist.data.tokenize import build_tokenizer
 from elmo_dist.data.vocab import Vocabulary
-from elmo_dist.errors import CheckpointError
-from elmo_dist.model import build_bilm
-from elmo_dist.train import checkpoint as ckpt
-from elmo_dist.train.accel import resolve_device
+from elmo_dist.errors import DataError
+from elmo_dist.runs import open_run, resolve_device
 
 
 class Embedder:
-    def __init__(self, model, vocab: Vocabulary, cfg: C.Config, device: str = "cpu", corpus_options: dict | None = None):
+    def __init__(self, model, vocab: Vocabulary, cfg: Config, device: str = "cpu", corpus_options: dict | None = None):
         self.model, self.vocab, self.cfg = model.to(device).eval(), vocab, cfg
         self.device = torch.device(device)
         opts = corpus_options or {}
@@ -38,19 +36,11 @@ class Embedder:
 
     @classmethod
     def from_run(cls, path: str | Path, device: str = "auto") -> "Embedder":
-        """Load the newest checkpoint of a run directory, or a given checkpoint directory."""
-        found = ckpt.resolve(path)
-        run_dir = ckpt.run_dir_of(found)
-        cfg = C.load_config(found / "config.yaml")
-        vocab = Vocabulary.load(run_dir / "vocab.txt")
-        model = build_bilm(cfg.model, len(vocab))
-        try:
-            model.load_state_dict(ckpt.load_model_state(found))
-        except RuntimeError as e:
-            raise CheckpointError(f"{found}: weights do not fit its config ({str(e).splitlines()[-1].strip()})") from None
-        corpus = run_dir / "corpus.json"
-        options = json.loads(corpus.read_text()) if corpus.is_file() else None
-        return cls(model, vocab, cfg, resolve_device(device), options)
+        """A run directory (its newest checkpoint), a checkpoint, an export or an import (elmo_dist.runs)."""
+        saved = open_run(path)
+        vocab = saved.vocab()
+        device = resolve_device(device)
+        return cls(saved.build_model(device, len(vocab)), vocab, saved.config, device, saved.corpus_options())
 
     def tensors(self, sentences: list[list[str]]) -> dict:
         """The model inputs for a batch of token lists: distinct tokens once, plus an index and lengths."""
@@ -101,8 +91,6 @@ def embed_file(run: str | Path, text_file: str | Path, out_file: str | Path, wei
     """
     import h5py
     from tqdm import tqdm
-
-    from elmo_dist.errors import DataError
 
     elmo = Embedder.from_run(run, device)
     if weights is not None and len(weights) != elmo.n_layers:

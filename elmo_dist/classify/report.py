@@ -10,7 +10,6 @@ backend: they work on a headless node and every figure is closed once written.
 """
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import matplotlib

@@ -27,11 +27,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from elmo_dist import config as C
+from elmo_dist.config import Config, ModelConfig, validate
 from elmo_dist.data.vocab import SPECIALS, Vocabulary
 from elmo_dist.errors import CheckpointError, DataError
 from elmo_dist.model import build_bilm
-from elmo_dist.train import checkpoint as ckpt
+from elmo_dist.runs import open_run, write_export
 
 TF_TO_TORCH = [0, 2, 1, 3]  # gate blocks: TF (i, j, f, o) -> PyTorch (i, f, g, o); its own inverse
 
@@ -45,7 +45,7 @@ def _reorder(t: np.ndarray, cells: int) -> np.ndarray:
     return np.concatenate([t[i * cells:(i + 1) * cells] for i in TF_TO_TORCH], axis=0)
 
 
-def model_config(options: dict, source: str) -> C.ModelConfig:
+def model_config(options: dict, source: str) -> ModelConfig:
     """Our ModelConfig from options.json; a key we can't honour is an error naming it."""
     try:
         cnn, lstm = options["char_cnn"], options["lstm"]
@@ -54,7 +54,7 @@ def model_config(options: dict, source: str) -> C.ModelConfig:
             raise DataError(f"{source}: char_cnn.n_characters is {n_chars}; ELMo uses 261 (262 at inference)")
         if cnn.get("activation", "relu") != "relu":
             raise DataError(f"{source}: char_cnn.activation '{cnn['activation']}' is not supported (relu only)")
-        cfg = C.ModelConfig(flavour="original", encoder="char_cnn", char_embed_dim=int(cnn["embedding"]["dim"]),
+        cfg = ModelConfig(flavour="original", encoder="char_cnn", char_embed_dim=int(cnn["embedding"]["dim"]),
                             filters=[[int(w), int(n)] for w, n in cnn["filters"]], n_highway=int(cnn["n_highway"]),
                             max_chars_per_token=int(cnn.get("max_characters_per_token", 50)),
                             lstm_dim=int(lstm["dim"]), projection_dim=int(lstm["projection_dim"]),
@@ -86,7 +86,7 @@ class _Hdf5:
         return arr
 
 
-def read_weights(h: _Hdf5, m: C.ModelConfig) -> dict[str, torch.Tensor]:
+def read_weights(h: _Hdf5, m: ModelConfig) -> dict[str, torch.Tensor]:
     """Our state-dict entries (all but the softmax) from an official weight file."""
     sd, n_filters, dim, cells = {}, sum(n for _, n in m.filters), m.projection_dim, m.lstm_dim
     rows = h.f["char_embed"].shape[0] if "char_embed" in h.f else 261
@@ -141,33 +141,23 @@ def import_elmo(options_path: str | Path, weights_path: str | Path, out: str | P
         sd["softmax.weight"] = torch.zeros_like(model.softmax.weight)
         sd["softmax.bias"] = torch.zeros_like(model.softmax.bias)
     model.load_state_dict(sd)
-    _write_import(out, model, m, vocab, options_path, Path(weights_path), softmax=bool(softmax_path))
+    cfg = Config(model=m)
+    validate(cfg)
+    meta = {"source": f"{options_path} + {weights_path}", "step": 0, "format": "elmo-hdf5", "softmax": bool(softmax_path)}
+    write_export(out, model.state_dict(), cfg, meta, vocab=vocab)
     return {"out": str(out), "vocab": len(vocab), "softmax": bool(softmax_path),
             "parameters": sum(v.numel() for k, v in sd.items() if not k.startswith("softmax"))}
-
-
-def _write_import(out: Path, model, m, vocab, options_path: Path, weights_path: Path, softmax: bool) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    cfg = C.Config(model=m)
-    C.validate(cfg)
-    ckpt.write_model(out, model.state_dict())
-    C.save_config(cfg, out / "config.yaml")
-    vocab.save(out / "vocab.txt")
-    # written last: its presence is what makes the directory an export that other commands accept
-    (out / "export.json").write_text(json.dumps({"source": f"{options_path} + {weights_path}", "step": 0,
-                                                 "format": "elmo-hdf5", "softmax": softmax}, indent=1))
 
 
 def export_elmo(run: str | Path, out: str | Path) -> dict:
     """options.json + weights.hdf5 (+ softmax.hdf5 and vocab.txt) from a run, checkpoint or export."""
     import h5py
 
-    found = ckpt.resolve(run)
-    cfg = C.load_config(found / "config.yaml")
-    m = cfg.model
+    saved = open_run(run)
+    m = saved.config.model
     if m.encoder != "char_cnn":
-        raise CheckpointError(f"{found}: model.encoder is {m.encoder}; the ELMo format holds char-CNN models only")
-    sd = {k: v.float().numpy() for k, v in ckpt.load_model_state(found).items()}
+        raise CheckpointError(f"{saved.path}: model.encoder is {m.encoder}; the ELMo format holds char-CNN models only")
+    sd = {k: v.float().numpy() for k, v in saved.weights().items()}
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     options = {"char_cnn": {"activation": "relu", "embedding": {"dim": m.char_embed_dim}, "filters": m.filters,
@@ -181,14 +171,13 @@ def export_elmo(run: str | Path, out: str | Path) -> dict:
             f.create_dataset(name, data=arr)
     (out / "weights.hdf5.tmp").replace(out / "weights.hdf5")
     (out / "options.json").write_text(json.dumps(options, indent=1))
-    run_dir = ckpt.run_dir_of(found)
-    wrote_softmax = "softmax.weight" in sd
+    wrote_softmax = "softmax.weight" in sd and saved.has_softmax
     if wrote_softmax:
         with h5py.File(out / "softmax.hdf5", "w") as f:
             f.create_dataset("softmax/W", data=sd["softmax.weight"])
             f.create_dataset("softmax/b", data=sd["softmax.bias"])
-        shutil.copyfile(run_dir / "vocab.txt", out / "vocab.txt")
-    return {"out": str(out), "source": str(found), "softmax": wrote_softmax}
+        shutil.copyfile(saved.home / "vocab.txt", out / "vocab.txt")
+    return {"out": str(out), "source": str(saved.path), "softmax": wrote_softmax}
 
 
 def _official_datasets(sd: dict, m) -> dict[str, np.ndarray]:

@@ -30,15 +30,18 @@ from pathlib import Path
 import submitit
 
 from elmo_dist import configlib
-from elmo_dist.launch.config import SlurmConfig, extra_parameters, tasks_per_node
+from elmo_dist.config import SlurmConfig, extra_parameters, tasks_per_node
+from elmo_dist.launch.slurm_env import export_slurm_env
 
 
 def _usr_signal() -> signal.Signals:
     return submitit.JobEnvironment._usr_sig()
 
 
-def _export_local_ranks() -> None:
-    """submitit's local executor numbers its processes in its own variables; torch wants RANK etc."""
+def _export_ranks() -> None:
+    """RANK, WORLD_SIZE etc. for torch: from an srun task's SLURM_* variables, or from submitit's local
+    executor, which numbers its processes in its own variables."""
+    export_slurm_env()
     if os.environ.get("SUBMITIT_EXECUTOR") == "local" and int(os.environ.get("SUBMITIT_LOCAL_NTASKS", "1")) > 1:
         submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
 
@@ -53,7 +56,7 @@ class PretrainJob(submitit.helpers.Checkpointable):
         from elmo_dist.config import config_from_tree
         from elmo_dist.train.trainer import pretrain
 
-        _export_local_ranks()
+        _export_ranks()
         tree = configlib.merge_trees(self.tree, {"train": {"stop_signals": [_usr_signal().name]}})
         summary, _ = pretrain(config_from_tree(tree, "submitted config"))
         if summary["stopped"] and not summary["finished"]:
@@ -78,11 +81,11 @@ class FinetuneJob(submitit.helpers.Checkpointable):
         self.tree = tree
 
     def __call__(self) -> dict:
-        from elmo_dist.classify.config import FinetuneConfig, validate
+        from elmo_dist.config import FinetuneConfig, validate_finetune
         from elmo_dist.classify.finetune import finetune
 
         cfg = configlib.build(FinetuneConfig, [self.tree], "submitted config")
-        validate(cfg)
+        validate_finetune(cfg)
         return finetune(cfg)
 
 
@@ -134,7 +137,7 @@ def _slurm_keys(items: list[str]) -> list[str]:
 
 def _finetune_trees(config: str | None, overrides: list[str], bilm_path: str | None) -> tuple[list[dict], object]:
     """One resolved fine-tuning config per variant, each with its own run_dir (RUN_DIR/<variant>)."""
-    from elmo_dist.classify.config import load_finetune_config, single_variant
+    from elmo_dist.config import load_finetune_config, single_variant
 
     extra = [f"bilm.path={bilm_path}"] if bilm_path else []
     cfg = load_finetune_config(config, list(overrides) + extra)

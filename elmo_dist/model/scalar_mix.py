@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-VARIANTS = ("frozen", "scalar_mix", "learned_fn", "top")
+from elmo_dist.config.finetune import VARIANTS
 
 
 class ScalarMix(nn.Module):

@@ -2,8 +2,9 @@
 
     accelerator = build_accelerator(cfg)
 
-A single process, `torchrun --nproc_per_node N`, `accelerate launch --multi_gpu` and srun (via
-elmo_dist.launch.slurm_env) all come through here; rank, world size and the master address come from whichever launcher set them.
+A single process, `torchrun --nproc_per_node N`, `accelerate launch --multi_gpu` and srun all come
+through here; rank, world size and the master address come from the environment, which the launcher
+set (for srun tasks, `elmo_dist.launch.slurm_env` fills it in before the trainer starts).
 Two traps are turned into clear errors: a WORLD_SIZE > 1 with no launcher around it, and an
 Accelerator that sees fewer processes than the launcher started (N independent copies, no sync).
 """
@@ -23,19 +24,10 @@ from accelerate import Accelerator  # noqa: E402
 from accelerate.utils import DeepSpeedPlugin, InitProcessGroupKwargs  # noqa: E402
 
 from elmo_dist.errors import ConfigError  # noqa: E402
-from elmo_dist.launch.slurm_env import export_slurm_env  # noqa: E402
-
-
-def resolve_device(requested: str) -> str:
-    if requested == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("config key 'train.device' is cuda, but no CUDA device is available")
-    if requested == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return requested
+from elmo_dist.runs import resolve_device  # noqa: E402
 
 
 def _check_launch_env() -> int:
-    export_slurm_env()  # srun tasks: SLURM_* -> RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1:
         missing = [k for k in ("RANK", "MASTER_ADDR", "MASTER_PORT") if k not in os.environ]

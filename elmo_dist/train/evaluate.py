@@ -1,4 +1,9 @@
-"""Held-out perplexity with the exact full softmax, and the unigram baseline beside it.
+"""Held-out perplexity with the exact full softmax, and the unigram baseline beside it; and
+`elmo-dist evaluate RUN [key=value ...]`, the same for saved weights.
+
+    elmo-dist evaluate runs/debug                       # newest checkpoint, the run's own held-out split
+    elmo-dist evaluate runs/debug/checkpoints/step-500 data.dir=other/prepared
+
 
 Perplexity per direction is exp(total NLL / number of targets); `val_ppl` is exp of the mean of
 the two directions' mean NLL, the figure bilm-tf reports (39.7 for the original ELMo).
@@ -7,14 +12,20 @@ a model that has learned anything is far below it.
 """
 from __future__ import annotations
 
+import json
 import math
+import time
+from pathlib import Path
 
 import numpy as np
 import torch
 
+from elmo_dist.config import load_config, save_config
 from elmo_dist.data.batching import eval_batches, eval_length
 from elmo_dist.data.corpus import PreparedCorpus
 from elmo_dist.data.vocab import BOS_ID, EOS_ID
+from elmo_dist.errors import CheckpointError
+from elmo_dist.runs import open_run, resolve_device
 
 TENSOR_KEYS = ("token_ids", "chars", "fwd_index", "bwd_index", "fwd_targets", "bwd_targets")
 
@@ -81,3 +92,32 @@ def unigram_ppl(corpus: PreparedCorpus, max_tokens: int = 0) -> float:
         h[skip] = 0
         total += -(h * logp).sum() / h.sum()
     return math.exp(total / 2)
+
+
+def evaluate_checkpoint(path: str, overrides: list[str], out: str | None = None) -> dict:
+    """Held-out perplexity of a run, checkpoint, export or import (with a softmax); summary.json goes to
+    `out` (default RUN/eval/step-N). The saved config is the base, so `overrides` may point data.dir
+    at another prepared corpus, which must share the run's vocabulary."""
+    saved = open_run(path)
+    if not saved.has_softmax:
+        raise CheckpointError(f"{saved.path}: imported without a softmax, so it has no perplexity; import with --vocab "
+                              "and --softmax, or train one: elmo-dist pretrain CONFIG train.init_from=" + str(saved.path))
+    cfg = load_config(saved.path / "config.yaml", overrides)
+    corpus = PreparedCorpus(cfg.data.dir, cfg.model.max_chars_per_token)
+    run_vocab = saved.home / "vocab.txt"
+    if run_vocab.is_file() and saved.vocab().tokens != corpus.vocab.tokens:
+        raise CheckpointError(f"{cfg.data.dir}: its vocabulary differs from {run_vocab}, the one the run was trained with")
+    device = resolve_device(cfg.train.device)
+    model = saved.build_model(device, len(corpus.vocab), cfg.model)
+    t0 = time.perf_counter()
+    res = evaluate_bilm(model, corpus, cfg.data, device)
+    seconds = time.perf_counter() - t0
+    summary = {**res, "unigram_ppl": unigram_ppl(corpus, cfg.data.max_eval_tokens), "steps": saved.step,
+               "tokens": res["val_tokens"], "tokens_per_s": res["val_tokens"] / max(seconds, 1e-9),
+               "checkpoint": str(saved.path), "data_dir": cfg.data.dir}
+    out_dir = Path(out) if out else saved.home / "eval" / saved.path.name
+    out_dir.mkdir(parents=True, exist_ok=True)
+    summary["summary_path"] = str(out_dir / "summary.json")
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    save_config(cfg, out_dir / "config.yaml")
+    return summary

@@ -1,10 +1,10 @@
 """The NaN/inf guard: a step whose loss or gradient is not finite never reaches the weights.
 
     guard = NonFiniteGuard(mode="skip", max_consecutive=5)
-    verdict = guard.check(loss, grad_norm)   # "ok", "skip" or "stop"
+    verdict = guard.check(loss, grad_norm)   # Verdict.OK, SKIP or STOP
 
-"skip" drops the step (no optimizer update; the caller also resets the LSTM state so the NaN can't
-flow into the next windows) and counts it; "stop" comes with mode=stop at the first bad step, or
+SKIP drops the step (no optimizer update; the caller also resets the LSTM state so the NaN can't
+flow into the next windows) and counts it; STOP comes with mode=stop at the first bad step, or
 after `max_consecutive` bad steps in a row in skip mode: a loss that keeps blowing up is a diverged
 run, and going on would only burn compute. The check costs one host sync per step; mode "off" skips it.
 
@@ -13,7 +13,18 @@ every rank reaches the same verdict (a local NaN loss makes every rank's gradien
 """
 from __future__ import annotations
 
+from enum import Enum
+
 import torch
+
+
+class Verdict(str, Enum):
+    def __str__(self) -> str:
+        return self.value
+
+    OK = "ok"
+    SKIP = "skip"  # drop this update, go on
+    STOP = "stop"  # a diverged run: stop it
 
 
 class NonFiniteGuard:
@@ -21,12 +32,18 @@ class NonFiniteGuard:
                  check_grad: bool = True):
         self.mode, self.max_consecutive = mode, max_consecutive
         self.check_loss, self.check_grad = check_loss, check_grad
-        self.skipped = 0  # all bad steps so far (kept across resume by the trainer)
+        self.skipped = 0  # all bad steps so far (kept across resume through the state dict)
         self.streak = 0
 
-    def check(self, loss: torch.Tensor, grad_norm: torch.Tensor) -> str:
+    def state_dict(self) -> dict:
+        return {"skipped": self.skipped, "streak": self.streak}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.skipped, self.streak = int(state["skipped"]), int(state["streak"])
+
+    def check(self, loss: torch.Tensor, grad_norm: torch.Tensor) -> Verdict:
         if self.mode == "off":
-            return "ok"
+            return Verdict.OK
         parts = []
         if self.check_loss:
             parts.append(torch.isfinite(loss.detach().float()).all())
@@ -34,9 +51,9 @@ class NonFiniteGuard:
             parts.append(torch.isfinite(grad_norm.detach().float()).all())
         if not parts or bool(torch.stack(parts).all()):
             self.streak = 0
-            return "ok"
+            return Verdict.OK
         self.skipped += 1
         self.streak += 1
         if self.mode == "stop" or self.streak >= self.max_consecutive:
-            return "stop"
-        return "skip"
+            return Verdict.STOP
+        return Verdict.SKIP

@@ -20,8 +20,11 @@ from __future__ import annotations
 import os
 import signal
 import time
+from enum import Enum
 
 import torch
+
+from elmo_dist.config import parse_signal
 
 # exit statuses of `elmo-dist pretrain` after a clean early stop (checkpoint written)
 EXIT_REQUEUE = 75  # EX_TEMPFAIL: stopped for a preemption warning or the time limit; run it again to continue
@@ -30,15 +33,24 @@ EXIT_TERMINATED = 143  # 128 + SIGTERM: stopped because it was told to; the chec
 # with several processes, how many steps apart the ranks compare their stop flags
 SYNC_EVERY = 10
 
-_REASONS = {0: None, 1: "deadline", 2: "requeue signal", 3: "terminate signal"}
+
+class StopReason(str, Enum):
+    """Why a run stopped early (a str, so summary.json and the logs show the value)."""
+
+    def __str__(self) -> str:
+        return self.value
+
+    DEADLINE = "deadline"  # the job's end time is near
+    REQUEUE = "requeue signal"  # e.g. Slurm's USR2 before preemption or the time limit
+    TERMINATE = "terminate signal"  # SIGTERM, e.g. scancel
+
+    @property
+    def exit_status(self) -> int:
+        return EXIT_TERMINATED if self is StopReason.TERMINATE else EXIT_REQUEUE
 
 
-def parse_signal(name: str) -> signal.Signals:
-    """'USR2', 'SIGUSR2' or '12' -> signal.SIGUSR2."""
-    name = str(name).upper()
-    if name.isdigit():
-        return signal.Signals(int(name))
-    return signal.Signals[name if name.startswith("SIG") else "SIG" + name]
+# the code each rank contributes to the max-reduce: a larger code wins
+_REASONS = {0: None, 1: StopReason.DEADLINE, 2: StopReason.REQUEUE, 3: StopReason.TERMINATE}
 
 
 class StopRequest:
@@ -83,7 +95,7 @@ class StopRequest:
         # leave room for the margin, the steps until ranks next agree, the one running and the save
         return 1 if now + self.margin_s + (self._every + 1) * self._step_seconds >= self.deadline else 0
 
-    def poll(self, accelerator=None) -> str | None:
+    def poll(self, accelerator=None) -> StopReason | None:
         """Call once per step. One process decides at once; several agree every SYNC_EVERY steps only,
         so the collective (and its host sync) is not paid on every step."""
         multi = accelerator is not None and accelerator.num_processes > 1
@@ -98,7 +110,5 @@ class StopRequest:
         return _REASONS[code]
 
     @staticmethod
-    def exit_status(reason: str | None) -> int:
-        if reason is None:
-            return 0
-        return EXIT_TERMINATED if reason == "terminate signal" else EXIT_REQUEUE
+    def exit_status(reason: StopReason | None) -> int:
+        return 0 if reason is None else StopReason(reason).exit_status

@@ -18,40 +18,20 @@ from pathlib import Path
 
 import torch
 
-from elmo_dist import config as C
+from elmo_dist.config import Config, arch_diff, load_config, save_config, to_yaml
 from elmo_dist.data.batching import WindowBatcher
 from elmo_dist.data.corpus import PreparedCorpus
 from elmo_dist.errors import CheckpointError, DataError, TrainingDiverged
 from elmo_dist.model import build_bilm
+from elmo_dist.runs import find_latest, list_steps, load_tensors, load_weights
 from elmo_dist.train import checkpoint as ckpt
 from elmo_dist.train.accel import build_accelerator, shut_down
 from elmo_dist.train.evaluate import evaluate_bilm, to_device, unigram_ppl
+from elmo_dist.train.guard import NonFiniteGuard, Verdict
 from elmo_dist.train.metrics import MetricsLogger, log, setup_logging
-from elmo_dist.train.guard import NonFiniteGuard
-from elmo_dist.train.stop import StopRequest
+from elmo_dist.train.optim import build_optimizer, lr_at
+from elmo_dist.train.stop import StopReason, StopRequest
 from elmo_dist.train.warm_start import warm_start
-
-
-def build_optimizer(cfg: C.OptimConfig, params) -> torch.optim.Optimizer:
-    impl = {"auto": {"fused": True}, "fused": {"fused": True}, "foreach": {"foreach": True},
-            "loop": {"foreach": False}}[cfg.implementation]
-    if cfg.name == "adagrad":
-        # ELMo's recipe: Adagrad, lr 0.2, initial accumulator 1.0
-        return torch.optim.Adagrad(params, lr=cfg.lr, initial_accumulator_value=cfg.adagrad_init_acc,
-                                   weight_decay=cfg.weight_decay, **impl)
-    return torch.optim.Adam(params, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay,
-                            **impl)
-
-
-def lr_at(cfg: C.OptimConfig, step: int, max_steps: int) -> float:
-    """Linear warmup, then constant, linear or cosine decay to min_lr_ratio x lr at max_steps."""
-    if step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
-    if cfg.decay == "none":
-        return cfg.lr
-    frac = min(1.0, (step - cfg.warmup_steps) / max(1, max_steps - cfg.warmup_steps))
-    scale = 1 - frac if cfg.decay == "linear" else 0.5 * (1 + math.cos(math.pi * frac))
-    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * scale)
 
 
 def _detach(state):
@@ -59,16 +39,21 @@ def _detach(state):
 
 
 class Trainer:
-    def __init__(self, cfg: C.Config, stop_at_step: int = 0):
+    """The pretraining loop: `train()` runs (or resumes) the run; `train_step(batch)` is one optimizer step.
+
+    Everything a step needs exists once `__init__` returns, resumed from the run's newest complete
+    checkpoint if it has one, so `evaluate()` or `train_step()` may be called on their own.
+    """
+
+    def __init__(self, cfg: Config, stop_at_step: int = 0):
         self.cfg, self.stop_at_step = cfg, stop_at_step
-        self.accelerator = build_accelerator(cfg)
-        acc = self.accelerator
+        self.accelerator = acc = build_accelerator(cfg)
         setup_logging(acc.is_main_process)
         self.run_dir = Path(cfg.train.run_dir)
         self.corpus = PreparedCorpus(cfg.data.dir, cfg.model.max_chars_per_token)
         torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
         self.model = build_bilm(cfg.model, len(self.corpus.vocab))
-        if cfg.train.init_from and not ckpt.list_steps(self.run_dir / "checkpoints"):
+        if cfg.train.init_from and not list_steps(self.run_dir / "checkpoints"):
             log.info(warm_start(self.model, cfg, self.corpus.vocab, cfg.train.init_from))
         if cfg.train.compile:
             self.model.compile()  # in place: parameter names (and so checkpoints) stay the same
@@ -80,7 +65,8 @@ class Trainer:
                                          acc.process_index, acc.num_processes, stateful=cfg.data.stateful)
         except ValueError as e:
             raise DataError(str(e)) from None
-        self.step, self.tokens, self.state, self.fp16_skipped = 0, 0, None, 0
+        self.step, self.tokens, self.fp16_skipped = 0, 0, 0
+        self.state = None  # the carried LSTM state (stateful batching), detached
         # under fp16 the loss scaler owns overflowing gradients (it skips those steps itself)
         self.guard = NonFiniteGuard(cfg.train.nonfinite, cfg.train.max_nonfinite_steps,
                                     check_loss=acc.num_processes == 1,
@@ -90,9 +76,27 @@ class Trainer:
         # every rank built the same initial weights above; from here on dropout and sampling
         # differ per rank, as independent data-parallel workers should
         torch.manual_seed(cfg.train.seed + 1 + acc.process_index)
+        self.last_train: dict = {}
+        self.stop_reason: StopReason | None = None
         self.summary: dict = {}
+        self._resume()
+        self.metrics = MetricsLogger(self.run_dir, acc.is_main_process, cfg.logging.tensorboard,
+                                     purge_step=self.step + 1 if self.step else None)
+        self.unigram = unigram_ppl(self.corpus, cfg.data.max_eval_tokens)
 
     # -- state ---------------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        """The trainer's own position as plain JSON-able values (weights, optimizer, RNG and LSTM
+        state are saved beside it, in their own files)."""
+        return {"step": self.step, "tokens": self.tokens, "world_size": self.accelerator.num_processes,
+                "zero_stage": self.cfg.dist.zero_stage, "fp16_skipped": self.fp16_skipped,
+                "data": self.batcher.state_dict(), "guard": self.guard.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.step, self.tokens, self.fp16_skipped = state["step"], state["tokens"], state["fp16_skipped"]
+        self.batcher.load_state_dict(state["data"])
+        self.guard.load_state_dict(state["guard"])
+
     def save(self) -> Path:
         acc, rank = self.accelerator, self.accelerator.process_index
         tmp = self.run_dir / "checkpoints" / f".tmp-step-{self.step}"
@@ -103,20 +107,13 @@ class Trainer:
         if self.uses_deepspeed:  # ZeRO-partitioned weights and optimizer state, one file per rank
             acc.deepspeed_engine_wrapped.engine.save_checkpoint(str(tmp / "deepspeed"), tag="state")
         if acc.is_main_process:
-            ckpt.write_model(tmp, weights)
-            if not self.uses_deepspeed:
-                torch.save(self.optimizer.state_dict(), tmp / "optimizer.pt")
-            trainer_state = {"step": self.step, "tokens": self.tokens, "data": self.batcher.state_dict(),
-                             "world_size": acc.num_processes, "zero_stage": self.cfg.dist.zero_stage,
-                             "fp16_skipped": self.fp16_skipped, "nonfinite_skipped": self.guard.skipped}
-            (tmp / "trainer_state.json").write_text(json.dumps(trainer_state, indent=1))
-            C.save_config(self.cfg, tmp / "config.yaml")
+            optimizer = None if self.uses_deepspeed else self.optimizer.state_dict()
+            ckpt.write_main(tmp, weights, self.state_dict(), self.cfg, optimizer)
         rng = {"cpu": torch.get_rng_state()}
         if torch.cuda.is_available():
             rng["cuda"] = torch.cuda.get_rng_state()
-        torch.save(rng, tmp / f"rng-rank{rank}.pt")
         lstm = [] if self.state is None else [t for d in self.state for h, c in d for t in (h, c)]
-        torch.save({"lstm": lstm}, tmp / f"state-rank{rank}.pt")
+        ckpt.write_rank(tmp, rank, rng, lstm)
         acc.wait_for_everyone()
         final = self.run_dir / "checkpoints" / f"step-{self.step}"
         if acc.is_main_process:
@@ -125,28 +122,28 @@ class Trainer:
         acc.wait_for_everyone()
         return final
 
-    def maybe_resume(self) -> None:
+    def _resume(self) -> None:
         if self.accelerator.is_main_process:
             for name in ckpt.remove_partial(self.run_dir):
                 log.warning("removed %s, a checkpoint whose writing was interrupted", name)
         self.accelerator.wait_for_everyone()
-        latest = ckpt.find_latest(self.run_dir, log=log.warning)
+        latest = find_latest(self.run_dir, log=log.warning)
         if latest is None:
             return
         if self.cfg.checkpoint.resume == "never":
             raise CheckpointError(f"{self.run_dir}: has checkpoints and checkpoint.resume=never; use a new train.run_dir")
-        saved = C.load_config(latest / "config.yaml")
-        diff = C.arch_diff(saved.model, self.cfg.model)
+        diff = arch_diff(load_config(latest / "config.yaml").model, self.cfg.model)
         if diff:
             raise CheckpointError(f"{latest}: architecture differs from the config ({'; '.join(diff)}); "
                                   "use a new train.run_dir")
         self.load(latest)
 
     def load(self, path: Path) -> None:
+        """Resume from the checkpoint at `path`: weights, optimizer, trainer state, RNG and LSTM state."""
         acc, rank = self.accelerator, self.accelerator.process_index
-        state = json.loads((path / "trainer_state.json").read_text())
+        state = ckpt.read_trainer_state(path)
         same_layout = state["world_size"] == acc.num_processes
-        zero = state.get("zero_stage", 0)
+        zero = state["zero_stage"]
         if zero != self.cfg.dist.zero_stage or (zero and not same_layout):
             raise CheckpointError(f"{path}: saved with ZeRO stage {zero} on {state['world_size']} process(es); a ZeRO "
                                   "checkpoint resumes only with the same stage and process count. Start a new run from "
@@ -157,27 +154,20 @@ class Trainer:
         if self.uses_deepspeed:
             acc.deepspeed_engine_wrapped.engine.load_checkpoint(str(path / "deepspeed"), tag="state")
         else:
-            acc.unwrap_model(self.model).load_state_dict(ckpt.load_model_state(path))
-            self.optimizer.load_state_dict(ckpt.load_tensors(path / "optimizer.pt"))
-        rng_file = path / f"rng-rank{rank}.pt"
-        if rng_file.is_file():
-            rng = ckpt.load_tensors(rng_file)
+            acc.unwrap_model(self.model).load_state_dict(load_weights(path))
+            self.optimizer.load_state_dict(load_tensors(path / "optimizer.pt"))
+        rng, lstm = ckpt.read_rank(path, rank)
+        if rng is not None:
             torch.set_rng_state(rng["cpu"])
             if "cuda" in rng and torch.cuda.is_available():
                 torch.cuda.set_rng_state(rng["cuda"])
         else:  # a rank the checkpoint didn't have
             torch.manual_seed(self.cfg.train.seed + 1 + rank + state["step"])
-        self.state = self._load_lstm_state(path / f"state-rank{rank}.pt") if same_layout else None
-        self.batcher.load_state_dict(state["data"])
-        self.step, self.tokens = state["step"], state["tokens"]
-        self.fp16_skipped = state.get("fp16_skipped", 0)
-        self.guard.skipped = state.get("nonfinite_skipped", 0)
+        self.state = self._lstm_state(lstm) if same_layout and lstm else None
+        self.load_state_dict(state)
         log.info("resumed from %s at step %d", path, self.step)
 
-    def _load_lstm_state(self, path: Path):
-        flat = ckpt.load_tensors(path)["lstm"]
-        if not flat:
-            return None
+    def _lstm_state(self, flat: list):
         dev = self.accelerator.device
         pairs = [(flat[i].to(dev), flat[i + 1].to(dev)) for i in range(0, len(flat), 2)]
         half = len(pairs) // 2
@@ -194,10 +184,19 @@ class Trainer:
         self.accelerator.backward((out["nll_fwd"] + out["nll_bwd"]) / denom)
         return out
 
-    def train_step(self) -> dict:
-        """One optimizer step over `gradient_accumulation_steps` micro-batches."""
+    def next_batch(self) -> list[dict]:
+        """The next optimizer step's micro-batches from the batcher (`gradient_accumulation_steps` of them)."""
+        return [self.batcher.next_batch() for _ in range(self.cfg.dist.gradient_accumulation_steps)]
+
+    def train_step(self, batch: dict | list[dict]) -> dict:
+        """One optimizer step on `batch`: one batch of `WindowBatcher`, or a list of
+        `gradient_accumulation_steps` of them (the micro-batches, in order). Returns the step's summed
+        NLL per direction, target count, gradient norm and learning rate (tensors stay on the device)."""
         cfg, acc = self.cfg, self.accelerator
+        micro = batch if isinstance(batch, list) else [batch]
         accum = cfg.dist.gradient_accumulation_steps
+        if len(micro) != accum:
+            raise ValueError(f"train_step got {len(micro)} micro-batches; dist.gradient_accumulation_steps is {accum}")
         # set before the micro-batches: under DeepSpeed the optimizer steps inside the last backward
         lr = lr_at(cfg.optim, self.step, cfg.train.max_steps)
         for group in self.optimizer.param_groups:
@@ -206,33 +205,33 @@ class Trainer:
         # exactly equal to one big batch; Accelerate (or DeepSpeed) divides by `accum` itself
         denom = 2 * cfg.data.batch_size * cfg.data.unroll_steps
         nll_f, nll_b, count = 0.0, 0.0, 0
-        for _ in range(accum):
+        for b in micro:
             # gradients are all-reduced (and DeepSpeed steps) only on the last micro-batch
             with acc.accumulate(self.model):
-                out = self._micro_step(self.batcher.next_batch(), denom)
+                out = self._micro_step(b, denom)
             nll_f, nll_b = nll_f + out["nll_fwd"].detach(), nll_b + out["nll_bwd"].detach()
             count = count + out["count_fwd"] + out["count_bwd"]
         grad_norm = self._clip()
         verdict = self.guard.check(nll_f + nll_b, grad_norm)
-        if verdict == "ok" or self.uses_deepspeed:  # DeepSpeed has stepped inside backward already
+        if verdict is Verdict.OK or self.uses_deepspeed:  # DeepSpeed has stepped inside backward already
             self.optimizer.step()
         else:
             self.state = None  # a NaN in the carried LSTM state would poison every later window
         self.optimizer.zero_grad(set_to_none=True)
         self._count_fp16_skips()
         self.step += 1
-        if verdict != "ok":
+        if verdict is not Verdict.OK:
             self._on_nonfinite(verdict)
         self.tokens += self.tokens_per_step
         return {"nll_fwd": nll_f, "nll_bwd": nll_b, "count": count, "grad_norm": grad_norm, "lr": lr}
 
-    def _on_nonfinite(self, verdict: str) -> None:
+    def _on_nonfinite(self, verdict: Verdict) -> None:
         g = self.guard
-        if verdict == "skip":
+        if verdict is Verdict.SKIP:
             log.warning("step %d: non-finite loss or gradient; update skipped (%d in a row, %d in all)",
                         self.step, g.streak, g.skipped)
             return
-        latest = ckpt.find_latest(self.run_dir)
+        latest = find_latest(self.run_dir)
         kept = f"the last good checkpoint {latest} is intact" if latest else "no checkpoint was written yet"
         raise TrainingDiverged(f"step {self.step}: {g.streak} step(s) in a row with a non-finite loss or gradient "
                                f"(train.nonfinite={self.cfg.train.nonfinite}, train.max_nonfinite_steps="
@@ -301,49 +300,58 @@ class Trainer:
 
         return tqdm(total=self.cfg.train.max_steps, initial=self.step, unit="step", dynamic_ncols=True)
 
+    def _write_run_files(self) -> None:
+        """The run directory describes itself for downstream use: config, vocabulary, tokenizer."""
+        if not self.accelerator.is_main_process:
+            return
+        save_config(self.cfg, self.run_dir / "config.yaml")
+        self.corpus.vocab.save(self.run_dir / "vocab.txt")
+        opts = self.corpus.manifest["options"]
+        corpus = {"tokenizer": opts["tokenizer"], "lowercase": opts["lowercase"], "data_dir": str(self.corpus.dir)}
+        (self.run_dir / "corpus.json").write_text(json.dumps(corpus, indent=1))
+
     def train(self) -> dict:
+        """Train from the current step to train.max_steps (or --stop-at-step, or a stop request);
+        the run's summary (also written to RUN_DIR/summary.json)."""
         cfg, acc = self.cfg, self.accelerator
-        self.maybe_resume()
-        if acc.is_main_process:
-            C.save_config(cfg, self.run_dir / "config.yaml")
-            # the run is self-contained for downstream use: vocabulary and how its text was tokenized
-            self.corpus.vocab.save(self.run_dir / "vocab.txt")
-            opts = self.corpus.manifest["options"]
-            corpus = {"tokenizer": opts["tokenizer"], "lowercase": opts["lowercase"], "data_dir": str(self.corpus.dir)}
-            (self.run_dir / "corpus.json").write_text(json.dumps(corpus, indent=1))
-        self.metrics = MetricsLogger(self.run_dir, acc.is_main_process, cfg.logging.tensorboard,
-                                     purge_step=self.step + 1 if self.step else None)
-        self.metrics.text("config", C.to_yaml(cfg), self.step)
-        self.unigram = unigram_ppl(self.corpus, cfg.data.max_eval_tokens)
+        self._write_run_files()
+        self.metrics.text("config", to_yaml(cfg), self.step)
         stop = min(cfg.train.max_steps, self.stop_at_step or cfg.train.max_steps)
         log.info("training steps %d -> %d on %d process(es), %s; model %.2fM parameters", self.step, stop,
                  acc.num_processes, acc.device, sum(p.numel() for p in self.model.parameters()) / 1e6)
-        bar, window, start_step, t0, t_window = self._progress_bar(), [], self.step, time.perf_counter(), time.perf_counter()
-        self.last_train, res, self.stop_reason = {}, None, None
+        start_step, t0 = self.step, time.perf_counter()
         # signals that arrive mid-step are recorded and acted on at the step boundary, saves included
         with StopRequest.from_env(cfg.train.stop_signals, cfg.train.deadline_margin_s) as stopper:
-            while self.step < stop:
-                window.append(self.train_step())
-                if bar is not None:
-                    bar.update(1)
-                self.stop_reason = stopper.poll(acc)
-                if self.step % cfg.logging.log_every == 0 or self.step == stop or self.stop_reason:
-                    self._log_window(window, time.perf_counter() - t_window, bar)
-                    window, t_window = [], time.perf_counter()
-                if self.stop_reason:
-                    log.warning("stopping at step %d (%s): saving a checkpoint to resume from", self.step, self.stop_reason)
-                    break
-                if cfg.train.eval_every and self.step % cfg.train.eval_every == 0 and self.step < cfg.train.max_steps:
-                    res = self.evaluate()
-                if cfg.checkpoint.every and self.step % cfg.checkpoint.every == 0 and self.step < stop:
-                    self.save()
+            res = self._loop(stop, stopper)
             train_seconds = time.perf_counter() - t0
-            if bar is not None:
-                bar.close()
             if self.step >= cfg.train.max_steps:
                 res = self.evaluate()
             path = self.save()
         return self._finish(res, path, start_step, train_seconds)
+
+    def _loop(self, stop: int, stopper: StopRequest) -> dict | None:
+        """Steps until `stop` or a stop request, with logging, evaluation and checkpoints on the way;
+        the last evaluation's result."""
+        cfg, res = self.cfg, None
+        bar, window, t_window = self._progress_bar(), [], time.perf_counter()
+        while self.step < stop:
+            window.append(self.train_step(self.next_batch()))
+            if bar is not None:
+                bar.update(1)
+            self.stop_reason = stopper.poll(self.accelerator)
+            if self.step % cfg.logging.log_every == 0 or self.step == stop or self.stop_reason:
+                self._log_window(window, time.perf_counter() - t_window, bar)
+                window, t_window = [], time.perf_counter()
+            if self.stop_reason:
+                log.warning("stopping at step %d (%s): saving a checkpoint to resume from", self.step, self.stop_reason)
+                break
+            if cfg.train.eval_every and self.step % cfg.train.eval_every == 0 and self.step < cfg.train.max_steps:
+                res = self.evaluate()
+            if cfg.checkpoint.every and self.step % cfg.checkpoint.every == 0 and self.step < stop:
+                self.save()
+        if bar is not None:
+            bar.close()
+        return res
 
     def _ranks_in_sync(self) -> bool:
         """Data parallelism must keep every rank's weights identical; check it once, at the end."""
@@ -374,7 +382,7 @@ class Trainer:
         return self.summary
 
 
-def pretrain(cfg: C.Config, stop_at_step: int = 0) -> tuple[dict, bool]:
+def pretrain(cfg: Config, stop_at_step: int = 0) -> tuple[dict, bool]:
     """Train (or resume) a run: (its summary, whether this is the main process).
 
     summary["stopped"] is None when the run reached its step target, else why it stopped early

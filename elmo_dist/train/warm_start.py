@@ -9,29 +9,27 @@ Only a fresh run starts this way: a run with checkpoints resumes from them and i
 """
 from __future__ import annotations
 
-from elmo_dist import config as C
+from elmo_dist.config import Config, arch_diff
 from elmo_dist.data.vocab import Vocabulary
 from elmo_dist.errors import CheckpointError
-from elmo_dist.train import checkpoint as ckpt
+from elmo_dist.runs import open_run
 
 SOFTMAX_KEYS = ("softmax", "adaptive_cutoffs")
 
 
-def warm_start(model, cfg: C.Config, vocab: Vocabulary, path: str) -> str:
+def warm_start(model, cfg: Config, vocab: Vocabulary, path: str) -> str:
     """Load `path`'s weights into `model`; a line saying what was taken."""
-    found = ckpt.resolve(path)
-    source = C.load_config(found / "config.yaml")
-    diff = [d for d in C.arch_diff(source.model, cfg.model) if d.split(":")[0].split(".")[1] not in SOFTMAX_KEYS]
+    saved = open_run(path)
+    diff = [d for d in arch_diff(saved.config.model, cfg.model) if d.split(":")[0].split(".")[1] not in SOFTMAX_KEYS]
     if diff:
-        raise CheckpointError(f"{found}: train.init_from has a different architecture ({'; '.join(diff)})")
-    state = ckpt.load_model_state(found)
-    src_vocab = ckpt.run_dir_of(found) / "vocab.txt"
-    same_vocab = src_vocab.is_file() and Vocabulary.load(src_vocab).tokens == vocab.tokens
-    keep = ckpt.has_softmax(found) and same_vocab and source.model.softmax == cfg.model.softmax
+        raise CheckpointError(f"{saved.path}: train.init_from has a different architecture ({'; '.join(diff)})")
+    state = saved.weights()
+    same_vocab = (saved.home / "vocab.txt").is_file() and saved.vocab().tokens == vocab.tokens
+    keep = saved.has_softmax and same_vocab and saved.config.model.softmax == cfg.model.softmax
     if not keep:
         state = {k: v for k, v in state.items() if not k.startswith("softmax.")}
     missing, unexpected = model.load_state_dict(state, strict=False)
     if unexpected or any(not k.startswith("softmax.") for k in missing):
-        raise CheckpointError(f"{found}: weights do not fit (missing {missing[:3]}, unexpected {unexpected[:3]})")
-    return f"initialised from {found}: " + ("all weights" if keep else
-                                             f"encoder and LSTMs; a new softmax over {len(vocab):,} words")
+        raise CheckpointError(f"{saved.path}: weights do not fit (missing {missing[:3]}, unexpected {unexpected[:3]})")
+    return f"initialised from {saved.path}: " + ("all weights" if keep else
+                                                  f"encoder and LSTMs; a new softmax over {len(vocab):,} words")

@@ -11,7 +11,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from conftest import REPO, TINY_OVERRIDES, run_cli
 from elmo_dist.config import load_config
 from elmo_dist.errors import TrainingDiverged
-from elmo_dist.train import checkpoint as ckpt
+from elmo_dist import runs
 from elmo_dist.train.trainer import Trainer
 
 
@@ -41,7 +41,7 @@ def test_bad_steps_are_skipped_counted_and_leave_the_weights_alone(tmp_path, gra
     trainer = make_trainer(tmp_path / "run", grammar_corpus, "train.max_steps=12", "checkpoint.every=0")
     snapshots = {}
     for _ in range(8):
-        trainer.train_step()
+        trainer.train_step(trainer.next_batch())
         snapshots[trainer.step] = [p.detach().clone() for p in trainer.model.parameters()]
     for step in (5, 6):  # no update on a bad step: the weights are those of step 4
         assert all(torch.equal(a, b) for a, b in zip(snapshots[step], snapshots[4]))
@@ -55,7 +55,7 @@ def test_skips_reach_tensorboard_and_survive_resume(tmp_path, grammar_corpus, mo
     run = tmp_path / "run"
     make_trainer(run, grammar_corpus, "train.max_steps=8", "checkpoint.every=4").train()
     state = json.loads((run / "checkpoints" / "step-8" / "trainer_state.json").read_text())
-    assert state["nonfinite_skipped"] == 1
+    assert state["guard"]["skipped"] == 1
     ea = EventAccumulator(str(run / "tensorboard"))
     ea.Reload()
     assert [(e.step, e.value) for e in ea.Scalars("train/nonfinite_skipped_steps")] == [(4, 1.0), (8, 1.0)]
@@ -71,7 +71,7 @@ def test_consecutive_bad_steps_stop_with_the_step_and_last_good_checkpoint(tmp_p
     msg = str(err.value)
     assert msg.startswith("step 10: 3 step(s) in a row with a non-finite loss or gradient")
     assert f"{run / 'checkpoints' / 'step-5'} is intact" in msg
-    assert ckpt.find_latest(run) == run / "checkpoints" / "step-5" and ckpt.verify(run / "checkpoints" / "step-5") is None
+    assert runs.find_latest(run) == run / "checkpoints" / "step-5" and runs.verify(run / "checkpoints" / "step-5") is None
     assert not (run / "summary.json").exists()
 
 

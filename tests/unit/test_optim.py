@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from elmo_dist.config import OptimConfig
-from elmo_dist.train.trainer import build_optimizer, lr_at
+from elmo_dist.train.optim import build_optimizer, lr_at
 
 
 def _train(cfg: OptimConfig, steps: int = 20) -> list[torch.Tensor]:

@@ -12,9 +12,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+import signal
+
 from elmo_dist import configlib
+from elmo_dist.config.slurm import SlurmConfig, validate_slurm
 from elmo_dist.errors import ConfigError
-from elmo_dist.launch.config import SlurmConfig, validate_slurm
 
 # bilm-tf's char CNN: (width, number of filters) pairs, 2048 filters in total
 FULL_FILTERS = [[1, 32], [2, 32], [3, 64], [4, 128], [5, 256], [6, 512], [7, 1024]]
@@ -266,9 +268,15 @@ def validate(cfg: Config) -> None:
     validate_slurm(cfg.slurm)
 
 
-def _is_signal(name) -> bool:
-    from elmo_dist.train.stop import parse_signal
+def parse_signal(name: str) -> signal.Signals:
+    """'USR2', 'SIGUSR2' or '12' -> signal.SIGUSR2; KeyError or ValueError for anything else."""
+    name = str(name).upper()
+    if name.isdigit():
+        return signal.Signals(int(name))
+    return signal.Signals[name if name.startswith("SIG") else "SIG" + name]
 
+
+def _is_signal(name) -> bool:
     try:
         parse_signal(name)
     except (KeyError, ValueError):

@@ -11,9 +11,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from elmo_dist import configlib
-from elmo_dist.errors import ConfigError
-from elmo_dist.launch.config import SlurmConfig, validate_slurm
-from elmo_dist.model.scalar_mix import VARIANTS
+from elmo_dist.config.slurm import SlurmConfig, validate_slurm
+
+# the ways of combining the biLM's layers (elmo_dist.model.scalar_mix builds them)
+VARIANTS = ("frozen", "scalar_mix", "learned_fn", "top")
 
 
 @dataclass
@@ -105,7 +106,7 @@ class FinetuneConfig:
 _require = configlib.require
 
 
-def validate(cfg: FinetuneConfig) -> None:
+def validate_finetune(cfg: FinetuneConfig) -> None:
     for v in cfg.variants or [cfg.classifier.variant]:
         _require(v in VARIANTS, "variants" if cfg.variants else "classifier.variant",
                  f"has '{v}', expected one of {', '.join(VARIANTS)}")
@@ -130,7 +131,7 @@ def load_finetune_config(path: str | Path | None, overrides: list[str] = ()) -> 
     over = configlib.parse_overrides(list(overrides), FinetuneConfig)
     source = str(path) if path else "overrides"
     cfg = configlib.build(FinetuneConfig, [configlib.merge_trees(tree, over)], source)
-    validate(cfg)
+    validate_finetune(cfg)
     return cfg
 
 
@@ -150,5 +151,5 @@ def single_variant(cfg: FinetuneConfig, which: str) -> FinetuneConfig:
     tree = configlib.merge_trees(tree, {"variants": [], "classifier": {"variant": variant},
                                         "train": {"run_dir": str(Path(cfg.train.run_dir) / variant)}})
     out = configlib.build(FinetuneConfig, [tree], "config")
-    validate(out)
+    validate_finetune(out)
     return out
