@@ -1,6 +1,6 @@
 # `make demo`: pretrain a small ELMo on BBC News, then compare the classifier variants on its topics
 # (CPU, about 9 minutes from a fresh machine).
-# `make test`: the whole test suite.
+# `make test`: ruff over the whole tree, then the whole test suite.
 # Both create .venv on first use; torch==2.13.0 is installed first so pip never pulls a CUDA build
 # on a CPU machine (on a GPU machine the same pin gives the CUDA wheel).
 
@@ -41,6 +41,7 @@ demo: $(VENV)/.demo-installed
 	@echo "TensorBoard logs: $(DEMO_DIR)  (tensorboard --logdir $(DEMO_DIR))"
 
 test: $(VENV)/.dev-installed
+	$(BIN)/ruff check .
 	tests/slurm/install-slurm.sh
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest tests
 

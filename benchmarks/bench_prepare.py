@@ -49,8 +49,8 @@ def main(argv=None) -> dict:
             text.unlink()
     res = {"runs": runs, "tokenizer": args.tokenizer, "processes": 1, "machine": machine()}
     rows = [(f"{r['tokens']:,} tokens ({r['corpus_mib']:.0f} MiB)",
-             f"{r['tokens_per_s']:,.0f} tokens/s on 1 core, {r['seconds']:.1f} s, peak RSS {r['peak_rss_mib']:,.0f} MiB, "
-             f"vocab {r['vocab']:,}") for r in runs]
+             f"{r['tokens_per_s']:,.0f} tokens/s on 1 core, {r['seconds']:.1f} s, "
+             f"peak RSS {r['peak_rss_mib']:,.0f} MiB, vocab {r['vocab']:,}") for r in runs]
     emit(res, args.out, rows)
     return res
 

@@ -30,7 +30,8 @@ from elmo_dist.data.char_ids import PAD_CHAR
 def parse_args(argv=None):
     p = argparse.ArgumentParser(prog="python -m benchmarks.bench_pretrain", description=__doc__.split("\n\n")[0])
     p.add_argument("--flavour", default="small", choices=["debug", "small", "medium", "original"])
-    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="run-config overrides, e.g. model.lstm_dim=512")
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="run-config overrides, e.g. model.lstm_dim=512")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--unroll", type=int, default=20)
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
@@ -109,7 +110,8 @@ def measure(args) -> dict:
         width = int(np.mean([b["chars"].shape[1] for b in batches]))
         m, vocab = trainer.cfg.model, len(trainer.corpus.vocab)
         fast_width = min(m.max_chars_per_token, width - 1 + max(w for w, _ in m.filters))
-        res = {"flavour": args.flavour, "device": device, "precision": args.precision, "batch": [args.batch_size, args.unroll],
+        res = {"flavour": args.flavour, "device": device, "precision": args.precision,
+               "batch": [args.batch_size, args.unroll],
                "dedup": not args.no_dedup, "overrides": args.set,
                "parameters": sum(p.numel() for p in trainer.model.parameters()), "vocab": vocab,
                "distinct_tokens_per_position": uniq, "char_columns": fast_width,
@@ -143,7 +145,7 @@ def _step_times(trainer, next_batch, steps: int, device: str) -> tuple[float, fl
         with_data.append(_timed(lambda: trainer.train_step(next_batch()), steps, device))
         batches = [next_batch() for _ in range(steps)]
         feed = iter(batches)
-        model_only.append(_timed(lambda: trainer.train_step(next(feed)), steps, device))
+        model_only.append(_timed(lambda feed=feed: trainer.train_step(next(feed)), steps, device))
     return min(with_data), min(model_only), batches
 
 
@@ -168,7 +170,8 @@ def _naive(trainer, batches, args, device, to_device) -> dict:
         naive = _timed(step, args.steps, device)
     positions = args.batch_size * args.unroll
     return {"naive_ms_per_step": naive * 1e3, "naive_tokens_per_s": positions / naive,
-            "naive_flops_per_token": flops_per_token(cfg.model, len(trainer.corpus.vocab), 2.0, cfg.model.max_chars_per_token)}
+            "naive_flops_per_token": flops_per_token(cfg.model, len(trainer.corpus.vocab), 2.0,
+                                                     cfg.model.max_chars_per_token)}
 
 
 class _null:
@@ -183,7 +186,8 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     res = measure(args)
     device = res["device"]
-    gemm = gemm_gflops(device, seconds=args.gemm_seconds) if not device.startswith("cuda") or not args.peak_tflops else None
+    gemm = (gemm_gflops(device, seconds=args.gemm_seconds)
+            if not device.startswith("cuda") or not args.peak_tflops else None)
     peak, gpu = (args.peak_tflops, None) if args.peak_tflops else gpu_peak_tflops(args.precision)
     peak_gflops = peak * 1e3 if peak else gemm
     achieved = res["tokens_per_s"] * res["flops_per_token"] / 1e9
@@ -196,7 +200,8 @@ def main(argv=None) -> dict:
             ("tokens/s (with data pipeline)", f"{res['tokens_per_s_with_data']:,.0f}"),
             ("ms/step", f"{res['ms_per_step']:.1f} ({res['ms_per_step_with_data']:.1f} with data)"),
             ("data pipeline alone", f"{res['data_ms_per_batch']:.1f} ms/batch "
-                                    f"({args.batch_size * args.unroll / res['data_ms_per_batch'] * 1e3:,.0f} tokens/s)"),
+                                    f"({args.batch_size * args.unroll / res['data_ms_per_batch'] * 1e3:,.0f}"
+                                    " tokens/s)"),
             ("peak memory", f"{res['peak_memory_mib']:,.0f} MiB"),
             ("FLOPs per token (analytic, train)", f"{res['flops_per_token'] / 1e6:,.1f} M"),
             ("achieved", f"{achieved:,.1f} GFLOP/s"),

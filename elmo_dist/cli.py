@@ -27,11 +27,13 @@ from elmo_dist.errors import UserError
 def _add_prepare(sub) -> None:
     p = sub.add_parser("prepare", help="build the vocabulary, token shards and held-out split from text",
                        description="Stream text files (globs and .gz welcome; one sentence or document per line) "
-                                   "into a vocabulary, memory-mappable token-id shards, a held-out split and a manifest.")
+                                   "into a vocabulary, memory-mappable token-id shards, a held-out split "
+                                   "and a manifest.")
     p.add_argument("inputs", nargs="+", help="text files or globs (quote globs)")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--tokenizer", choices=["whitespace", "moses"], default="whitespace",
-                   help="whitespace: text is already tokenized (1B Word style); moses: raw text, sacremoses' Moses tokenizer")
+                   help="whitespace: text is already tokenized (1B Word style); "
+                        "moses: raw text, sacremoses' Moses tokenizer")
     p.add_argument("--lowercase", action="store_true", help="lowercase before tokenizing")
     p.add_argument("--min-count", type=int, default=1, help="keep words seen at least this often (default 1)")
     p.add_argument("--max-size", type=int, default=0, help="cap the vocabulary, specials included (0 = no cap)")
@@ -71,7 +73,8 @@ def _add_run_parsers(sub) -> None:
                                      "$SLURM_ARRAY_TASK_ID), in RUN_DIR/<variant>")
     m = sub.add_parser("embed", help="write ELMo representations of a text file to HDF5",
                        description="One sentence per line in; HDF5 out, keyed by line number (0-based) as "
-                                   "`allennlp elmo` does: [L+1, tokens, dim] per sentence, or [tokens, dim] with --weights.")
+                                   "`allennlp elmo` does: [L+1, tokens, dim] per sentence, "
+                                   "or [tokens, dim] with --weights.")
     m.add_argument("run", help="a pretraining run directory or checkpoint directory")
     m.add_argument("input", help="text file, one sentence per line (tokenized like the pretraining corpus)")
     m.add_argument("output", help="HDF5 file to write")
@@ -84,7 +87,8 @@ def _add_submit(sub) -> None:
     s = sub.add_parser("submit", help="run pretrain / finetune / the whole pipeline as Slurm jobs (submitit)",
                        description="Queue jobs through submitit: Slurm where `srun` exists, local processes elsewhere, "
                                    "or in this process with slurm.cluster=debug. Job parameters come from the config's "
-                                   "`slurm` section; `--slurm.key=value` is the same as the override `slurm.key=value`.")
+                                   "`slurm` section; `--slurm.key=value` is the same as the override "
+                                   "`slurm.key=value`.")
     kinds = s.add_subparsers(dest="kind", metavar="KIND", required=True)
     for kind, help_ in (("pretrain", "one pretraining job (requeued and resumed on preemption)"),
                         ("finetune", "the classifier variants as a job array, one task per variant"),
@@ -110,7 +114,8 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _add_interop(sub) -> None:
-    i = sub.add_parser("import-elmo", help="convert official ELMo weights (options.json + weights.hdf5) into a run-like directory",
+    i = sub.add_parser("import-elmo",
+                       help="convert official ELMo weights (options.json + weights.hdf5) into a run-like directory",
                        description="Convert bilm-tf / AllenNLP weight files into a directory that embed, finetune "
                                    "and evaluate take like a run, and that pretrain can start from (train.init_from).")
     i.add_argument("options", help="options.json")
@@ -205,8 +210,8 @@ def cmd_export(args) -> int:
 
 
 def cmd_finetune(args) -> int:
-    from elmo_dist.config import load_finetune_config, single_variant
     from elmo_dist.classify.finetune import finetune
+    from elmo_dist.config import load_finetune_config, single_variant
 
     cfg = load_finetune_config(args.config, args.overrides)
     finetune(single_variant(cfg, args.variant) if args.variant is not None else cfg)
@@ -232,7 +237,8 @@ def cmd_import_elmo(args) -> int:
     from elmo_dist.interop.elmo_hdf5 import import_elmo
 
     res = import_elmo(args.options, args.weights, args.out, args.vocab, args.softmax)
-    softmax = f"softmax over {res['vocab']:,} words" if res["softmax"] else "no softmax (train one with train.init_from)"
+    softmax = (f"softmax over {res['vocab']:,} words" if res["softmax"]
+               else "no softmax (train one with train.init_from)")
     print(f"imported {res['parameters']:,} parameters, {softmax} -> {res['out']}")
     return 0
 
@@ -264,8 +270,8 @@ def cmd_submit(args) -> int:
     return 0
 
 
-COMMANDS = {"prepare": cmd_prepare, "pretrain": cmd_pretrain, "evaluate": cmd_evaluate, "finetune": cmd_finetune, "export": cmd_export,
-            "embed": cmd_embed, "submit": cmd_submit,
+COMMANDS = {"prepare": cmd_prepare, "pretrain": cmd_pretrain, "evaluate": cmd_evaluate, "finetune": cmd_finetune,
+            "export": cmd_export, "embed": cmd_embed, "submit": cmd_submit,
             "import-elmo": cmd_import_elmo, "export-elmo": cmd_export_elmo}
 
 

@@ -8,12 +8,12 @@
 
 Every layout elmo-dist writes is accepted wherever a command takes a run:
 
-| layout | written by | holds |
-|---|---|---|
-| run directory `RUN/` | `pretrain` | `config.yaml`, `vocab.txt`, `corpus.json`, `checkpoints/step-N/` |
-| checkpoint `RUN/checkpoints/step-N/` | `pretrain` | `model.safetensors`, `trainer_state.json`, `config.yaml`, `COMPLETE` |
-| export `DIR/` | `export` | `model.safetensors`, `config.yaml`, `vocab.txt`, `corpus.json`, `export.json` |
-| import `DIR/` | `import-elmo` | the export layout; `export.json` says `"format": "elmo-hdf5"` and whether a softmax came along |
+- run directory `RUN/` (`pretrain`): `config.yaml`, `vocab.txt`, `corpus.json`, `checkpoints/step-N/`;
+- checkpoint `RUN/checkpoints/step-N/` (`pretrain`): `model.safetensors`, `trainer_state.json`,
+  `config.yaml`, `COMPLETE`;
+- export `DIR/` (`export`): `model.safetensors`, `config.yaml`, `vocab.txt`, `corpus.json`, `export.json`;
+- import `DIR/` (`import-elmo`): the export layout, with `"format": "elmo-hdf5"` in `export.json`
+  and whether a softmax came along.
 
 A checkpoint counts only when its `COMPLETE` marker lists every file with the right sha256
 (train/checkpoint.py writes it last); a damaged newest one gives way to the one before it.

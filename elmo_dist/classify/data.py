@@ -190,7 +190,8 @@ def _read_agnews(path: Path) -> Iterator[tuple[str, str, str]]:
             cls = int(row[0])
         except ValueError:
             raise DataError(f"{where}: class index {row[0]!r} is not an integer (AG News rows are "
-                            f"class,title,description with no header; use the csv format for a file with one)") from None
+                            f"class,title,description with no header; "
+                            f"use the csv format for a file with one)") from None
         if not 1 <= cls <= len(AGNEWS_LABELS):
             raise DataError(f"{where}: class index {cls} is out of range 1..{len(AGNEWS_LABELS)}")
         yield where, _BACKSLASHES.sub(" ", f"{row[1]} {row[2]}"), AGNEWS_LABELS[cls - 1]

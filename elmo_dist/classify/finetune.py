@@ -23,8 +23,8 @@ from safetensors.torch import load_file, save_file
 
 from elmo_dist import configlib
 from elmo_dist.classify import report
-from elmo_dist.config import FinetuneConfig
 from elmo_dist.classify.data import Splits, build_splits, label_index
+from elmo_dist.config import FinetuneConfig
 from elmo_dist.embedder import Embedder
 from elmo_dist.model.classifier import TextClassifier
 from elmo_dist.model.scalar_mix import ScalarMix, build_mix

@@ -3,7 +3,8 @@
     cfg = load_finetune_config("configs/finetune.yaml", ["variants=[frozen,scalar_mix]"])
 
 Same rules as the pretraining config (elmo_dist.configlib): defaults <- YAML <- dotted overrides,
-unknown keys name the closest valid key. `configs/finetune.yaml` documents every key.
+unknown keys name the closest valid key. Each key is documented in its field's docstring below;
+`configs/reference/finetune.yaml` is generated from them.
 """
 from __future__ import annotations
 
@@ -22,8 +23,9 @@ class BilmSection:
     path: str = "runs/demo/pretrain"
     """A pretraining run directory (its newest checkpoint) or a checkpoints/step-N directory."""
     trainable: bool = False
-    """Fine-tune the biLM too (with bilm.lr); frozen by default."""
+    """Fine-tune the biLM too (with bilm.lr; no layer cache then); frozen by default."""
     lr: float = 1e-4
+    """Learning rate of the biLM when bilm.trainable is true."""
     cache: bool = True
     """With a frozen biLM, compute every document's layers once and reuse them for all epochs and variants."""
     batch_size: int = 16
@@ -35,15 +37,21 @@ class TaskSection:
     format: str = "auto"
     """auto | agnews | csv | tsv | jsonl | folders (one sub-folder per class)."""
     train: str = ""
+    """The training file or folder (required)."""
     valid: str = ""
     """Optional; split off train (stratified, deterministic) when empty."""
     test: str = ""
     """Optional; split off train when empty."""
     text_fields: list = field(default_factory=lambda: ["text"])
+    """csv/tsv/jsonl: the columns or fields joined into the text (agnews: title + description)."""
     label_field: str = "label"
+    """csv/tsv/jsonl: the label column or field."""
     valid_fraction: float = 0.1
+    """Stratified share of train held out for validation when `valid` is empty; in (0, 1)."""
     test_fraction: float = 0.2
+    """Stratified share of train held out for testing when `test` is empty; in (0, 1)."""
     split_seed: int = 0
+    """Seed of the train/valid/test split: the same seed always gives the same split."""
     max_tokens: int = 300
     """Documents are cut to their first max_tokens tokens."""
 
@@ -59,8 +67,11 @@ class ClassifierSection:
     token_dim: int = 512
     """pool encoder: width of the per-token Linear -> ReLU before pooling (0 = pool the mixed layers directly)."""
     hidden_dim: int = 256
+    """Hidden width of the MLP head."""
     dropout: float = 0.3
+    """Dropout on the mixed representation and inside the MLP, in [0, 1)."""
     bilstm_dim: int = 128
+    """encoder bilstm only: LSTM cells per direction."""
     layer_norm: bool = False
     """Scalar mix only: layer-normalise each layer before mixing."""
     mix_l2: float = 0.0
@@ -72,28 +83,41 @@ class ClassifierSection:
 @dataclass
 class FinetuneOptim:
     lr: float = 1e-3
+    """Adam learning rate of the classifier (and the layer mix)."""
     weight_decay: float = 0.0
+    """Adam's L2 weight decay on every trained parameter (0 = off)."""
     grad_clip: float = 5.0
+    """Global-norm gradient clipping of every trained parameter."""
 
 
 @dataclass
 class FinetuneTrain:
     run_dir: str = "runs/finetune"
+    """Outputs: metrics, best weights and TensorBoard events; with `variants`, one RUN_DIR/<variant> each."""
     epochs: int = 30
+    """Most epochs to train; early stopping (patience) may end sooner."""
     batch_size: int = 32
+    """Documents per classifier training step."""
     patience: int = 5
     """Stop after this many epochs without a better validation accuracy; the best epoch is kept."""
     seed: int = 0
+    """Weights, batch order and dropout follow it: the same seed gives the same result."""
     device: str = "auto"
+    """auto (CUDA when present), cpu or cuda."""
 
 
 @dataclass
 class FinetuneConfig:
     bilm: BilmSection = field(default_factory=BilmSection)
+    """The pretrained biLM the classifier reads, and whether it is trained too."""
     data: TaskSection = field(default_factory=TaskSection)
+    """The labelled documents: format, files and the train/valid/test split."""
     classifier: ClassifierSection = field(default_factory=ClassifierSection)
+    """The classifier head over the biLM's layers."""
     optim: FinetuneOptim = field(default_factory=FinetuneOptim)
+    """The Adam optimizer of the classifier."""
     train: FinetuneTrain = field(default_factory=FinetuneTrain)
+    """The fine-tuning loop: output directory, epochs, early stopping, seed and device."""
     variants: list = field(default_factory=list)
     """Run these variants one after the other, each in RUN_DIR/<variant>, and compare them.
     Empty: train only classifier.variant, with its outputs in RUN_DIR itself."""
@@ -111,7 +135,8 @@ def validate_finetune(cfg: FinetuneConfig) -> None:
         _require(v in VARIANTS, "variants" if cfg.variants else "classifier.variant",
                  f"has '{v}', expected one of {', '.join(VARIANTS)}")
     _require(cfg.classifier.encoder in ("pool", "bilstm"), "classifier.encoder", "must be pool or bilstm")
-    _require(cfg.classifier.pooling in ("mean", "max", "mean_max"), "classifier.pooling", "must be mean, max or mean_max")
+    _require(cfg.classifier.pooling in ("mean", "max", "mean_max"), "classifier.pooling",
+             "must be mean, max or mean_max")
     _require(0 <= cfg.classifier.dropout < 1, "classifier.dropout", "must be in [0, 1)")
     _require(bool(cfg.data.train), "data.train", "must name the training file or folder")
     _require(cfg.data.format in ("auto", "agnews", "csv", "tsv", "jsonl", "folders"), "data.format",

@@ -8,11 +8,10 @@ its key too. `save_config` writes the resolved config that every run and checkpo
 """
 from __future__ import annotations
 
+import signal
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
-
-import signal
 
 from elmo_dist import configlib
 from elmo_dist.config.slurm import SlurmConfig, validate_slurm
@@ -30,10 +29,13 @@ class ModelConfig:
     encoder: str = "char_cnn"
     """Token encoder: char_cnn (ELMo) or word (a plain word-embedding table)."""
     char_embed_dim: int = 16
+    """Width of each character's embedding (char_cnn only)."""
     filters: list = field(default_factory=lambda: [list(f) for f in SMALL_FILTERS])
     """Char CNN filters as [width, count] pairs."""
     max_chars_per_token: int = 50
+    """Characters per token, as ELMo's 50: <bow> + at most 48 UTF-8 bytes + <eow> (at least 3)."""
     n_highway: int = 0
+    """Highway layers after the char CNN (0 = none)."""
     word_embed_dim: int = 128
     """Embedding width of the `word` encoder (ignored by char_cnn)."""
     lstm_dim: int = 256
@@ -41,6 +43,7 @@ class ModelConfig:
     projection_dim: int = 64
     """LSTM projection width; also the token-layer width and the softmax input width."""
     n_layers: int = 2
+    """LSTM layers per direction."""
     cell_clip: Optional[float] = None
     """Clip LSTM cell values to +-cell_clip (ELMo uses 3). Set -> exact clipped cell, slower."""
     proj_clip: Optional[float] = None
@@ -48,11 +51,13 @@ class ModelConfig:
     residual: bool = True
     """Residual connection around every LSTM layer after the first, as in ELMo."""
     dropout: float = 0.1
+    """Dropout on each LSTM layer's input and on the output before the softmax, in [0, 1)."""
     softmax: str = "sampled"
     """Training softmax: sampled, full or adaptive. Evaluation always uses the exact full softmax."""
     n_negative_samples: int = 1024
-    """Negatives per step for the sampled softmax (bilm-tf used 8192)."""
+    """Negatives per step for the sampled softmax, drawn log-uniformly over the vocabulary (bilm-tf used 8192)."""
     adaptive_cutoffs: list = field(default_factory=lambda: [2000, 10000])
+    """Adaptive softmax cluster boundaries, as vocabulary ids (softmax: adaptive only)."""
 
 
 @dataclass
@@ -76,16 +81,23 @@ class OptimConfig:
     name: str = "adagrad"
     """adagrad (ELMo's recipe) or adam."""
     lr: float = 0.2
+    """Learning rate (the peak, after warmup). ELMo's Adagrad used 0.2."""
     adagrad_init_acc: float = 1.0
+    """Adagrad's initial accumulator value (ELMo: 1.0); adagrad only."""
     betas: list = field(default_factory=lambda: [0.9, 0.999])
+    """Adam's [beta1, beta2]; adam only."""
     eps: float = 1e-8
+    """Adam's epsilon; adam only."""
     weight_decay: float = 0.0
+    """L2 weight decay, as torch's Adagrad and Adam apply it (0 = off)."""
     warmup_steps: int = 0
+    """Linear warmup from 0 to lr over this many steps (0 = none)."""
     decay: str = "none"
     """LR decay after warmup: none, linear or cosine (to min_lr_ratio x lr at max_steps)."""
     min_lr_ratio: float = 0.0
+    """Where decay ends: the learning rate at train.max_steps is min_lr_ratio x lr."""
     grad_clip: float = 10.0
-    """Global-norm gradient clipping (0 = off)."""
+    """Global-norm gradient clipping (ELMo: 10; 0 = off)."""
     implementation: str = "auto"
     """How torch runs the update: fused (one kernel over all parameters), foreach (multi-tensor ops),
     loop (one parameter at a time), or auto = fused (CPU and CUDA both have it; on the CPU it measured
@@ -96,8 +108,11 @@ class OptimConfig:
 @dataclass
 class TrainConfig:
     run_dir: str = "runs/debug"
+    """Where the run lives: config.yaml, vocab.txt, checkpoints/, tensorboard/ and summary.json."""
     max_steps: int = 1000
+    """Optimizer steps to train for."""
     seed: int = 1234
+    """Weights, data order and sampling all follow it."""
     device: str = "auto"
     """auto (CUDA when present), cpu or cuda."""
     eval_every: int = 500
@@ -106,6 +121,9 @@ class TrainConfig:
     """On these signals, checkpoint at the next step boundary and exit: status 75 ("requeue me", e.g. Slurm's
     USR2 warning before preemption or the time limit) or 143 for TERM. Running the same command again resumes."""
     deadline_margin_s: int = 300
+    """When the job's end time is known (Slurm, or ELMO_DIST_DEADLINE in seconds since the epoch), checkpoint
+    and exit 75 this many seconds before it, plus room for a few of the slowest steps seen (the ranks of a
+    multi-process run agree on stopping every 10 steps)."""
     nonfinite: str = "skip"
     """A step with a NaN/inf loss or gradient: skip (drop the update, count it), stop at once, or off
     (no check, and no host sync per step)."""
@@ -116,9 +134,6 @@ class TrainConfig:
     init_from: str = ""
     """Start a fresh run from these weights (a run, checkpoint, export or `import-elmo` directory);
     the softmax is kept only if the vocabulary matches. Ignored once the run has checkpoints."""
-    """When the job's end time is known (Slurm, or ELMO_DIST_DEADLINE in seconds since the epoch), checkpoint
-    and exit 75 this long before it, plus room for a few of the slowest steps seen (the ranks of a
-    multi-process run agree on stopping every 10 steps)."""
 
 
 @dataclass
@@ -126,6 +141,7 @@ class CheckpointConfig:
     every: int = 500
     """Save every N steps (0 = only at the end)."""
     keep_last: int = 3
+    """Keep the newest N complete checkpoints (at least 1); older ones are deleted."""
     resume: str = "auto"
     """auto: continue from the newest complete checkpoint in run_dir; never: refuse a non-empty run_dir."""
 
@@ -133,7 +149,9 @@ class CheckpointConfig:
 @dataclass
 class LoggingConfig:
     log_every: int = 50
+    """Log the train/* scalars and a console line every N steps."""
     tensorboard: bool = True
+    """Write TensorBoard events under run_dir/tensorboard."""
     progress: str = "auto"
     """auto (a tqdm bar on a terminal, log lines otherwise), bar or lines."""
 
@@ -162,12 +180,20 @@ class DistConfig:
 @dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
+    """The biLM: token encoder (char CNN or word embeddings), LSTM stack and training softmax."""
     data: DataConfig = field(default_factory=DataConfig)
+    """The prepared corpus and how it is cut into batches and windows."""
     optim: OptimConfig = field(default_factory=OptimConfig)
+    """The optimizer and the learning-rate schedule."""
     train: TrainConfig = field(default_factory=TrainConfig)
+    """The training loop: run directory, length, device, evaluation, stopping and the NaN/inf guard."""
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    """How often checkpoints are saved, how many are kept, and resuming."""
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    """Console lines, the progress bar and TensorBoard."""
     dist: DistConfig = field(default_factory=DistConfig)
+    """Several processes: mixed precision, accumulation, DeepSpeed ZeRO, the process group. The processes
+    themselves come from the launcher (torchrun, accelerate launch, srun; README, Distributed)."""
     slurm: SlurmConfig = field(default_factory=SlurmConfig)
     """How `elmo-dist submit` runs this config; the trainer ignores it."""
 
@@ -256,7 +282,8 @@ def validate(cfg: Config) -> None:
     _require(dist.mixed_precision in ("no", "bf16", "fp16", "auto"), "dist.mixed_precision",
              f"must be no, bf16, fp16 or auto, got '{dist.mixed_precision}'")
     _require(dist.gradient_accumulation_steps >= 1, "dist.gradient_accumulation_steps", "must be >= 1")
-    _require(dist.backend in ("auto", "gloo", "nccl"), "dist.backend", f"must be auto, gloo or nccl, got '{dist.backend}'")
+    _require(dist.backend in ("auto", "gloo", "nccl"), "dist.backend",
+             f"must be auto, gloo or nccl, got '{dist.backend}'")
     _require(dist.timeout_minutes > 0, "dist.timeout_minutes", "must be positive")
     _require(dist.zero_stage in (0, 1, 2, 3), "dist.zero_stage", f"must be 0, 1, 2 or 3, got {dist.zero_stage}")
     _require(dist.offload_optimizer in ("none", "cpu"), "dist.offload_optimizer", "must be none or cpu")

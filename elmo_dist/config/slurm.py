@@ -21,24 +21,31 @@ from elmo_dist import configlib
 @dataclass
 class SlurmConfig:
     cluster: str = "auto"
-    """auto (Slurm where `sbatch` exists, else local processes) | slurm | local | debug (in this process)."""
+    """auto (Slurm where `srun` is on the PATH, else local processes) | slurm | local | debug (in this process)."""
     partition: str = ""
+    """Slurm partition (--partition); "" = the cluster's default partition."""
     account: str = ""
+    """Slurm account to charge (--account); "" = the cluster's default."""
     qos: str = ""
+    """Slurm quality of service (--qos); "" = the cluster's default."""
     constraint: str = ""
+    """Slurm node features the job needs (--constraint); "" = none."""
     job_name: str = "elmo-dist"
+    """Slurm job name; fine-tuning jobs get "-finetune" appended."""
     nodes: int = 1
+    """Nodes per job."""
     gpus_per_node: int = 0
     """GPUs per node; 0 trains on CPU with gloo."""
     tasks_per_node: int = 0
     """Training processes per node; 0 = one per GPU (or 1 on CPU)."""
     cpus_per_task: int = 4
+    """CPU cores per training process (on Slurm also its default OMP_NUM_THREADS)."""
     mem_gb: int = 0
     """Memory per node in GB; 0 = the partition's default."""
     time_min: int = 1440
     """Wall-clock limit per job, in minutes. The trainer checkpoints and requeues before it runs out."""
     signal_delay_s: int = 120
-    """Slurm sends USR2 this long before the time limit; the trainer checkpoints and the job is requeued."""
+    """Slurm sends USR2 this many seconds before the time limit; the trainer checkpoints and the job is requeued."""
     max_requeues: int = 20
     """Give up after this many preemptions/timeouts of one job."""
     extra: list = field(default_factory=list)

@@ -83,7 +83,8 @@ class PreparedCorpus:
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise DataError(f"{manifest_path}: not valid JSON ({e})") from None
         if self.manifest.get("format_version") != FORMAT_VERSION or not self.manifest.get("complete"):
-            raise DataError(f"{manifest_path}: unsupported or incomplete manifest (format {self.manifest.get('format_version')})")
+            raise DataError(f"{manifest_path}: unsupported or incomplete manifest "
+                            f"(format {self.manifest.get('format_version')})")
         self.vocab = Vocabulary.load(self.dir / "vocab.txt")
         self.max_chars = max_chars
         self._vocab_chars: np.ndarray | None = None

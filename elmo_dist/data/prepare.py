@@ -30,8 +30,15 @@ from typing import Iterator
 import numpy as np
 
 from elmo_dist.data.reader import Stats, expand_inputs, read_line_runs
-from elmo_dist.data.shards import (LookupShardWriter, ShardPlan, WordIds, run_words, vocab_ids,
-                                   write_cached_shards, write_synced)
+from elmo_dist.data.shards import (
+    LookupShardWriter,
+    ShardPlan,
+    WordIds,
+    run_words,
+    vocab_ids,
+    write_cached_shards,
+    write_synced,
+)
 from elmo_dist.data.tokenize import build_run_tokenizer
 from elmo_dist.data.vocab import BOS_ID, EOS_ID, UNK_ID, Vocabulary
 from elmo_dist.errors import DataError

@@ -66,7 +66,8 @@ class Vocabulary:
         for i, want in enumerate(SPECIALS):
             if i >= len(tokens) or tokens[i] != want:
                 got = tokens[i] if i < len(tokens) else "end of file"
-                raise DataError(f"{path}:{i + 1}: expected '{want}' (vocab must start with <S>, </S>, <UNK>), got '{got}'")
+                raise DataError(f"{path}:{i + 1}: expected '{want}' (vocab must start with <S>, </S>, <UNK>), "
+                                f"got '{got}'")
         seen: dict[str, int] = {}
         for i, tok in enumerate(tokens):
             if tok in seen:

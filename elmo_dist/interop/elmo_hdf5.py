@@ -93,7 +93,8 @@ def read_weights(h: _Hdf5, m: ModelConfig) -> dict[str, torch.Tensor]:
     table = h.get("char_embed", (rows if rows in (261, 262) else 261, m.char_embed_dim))
     sd["token_encoder.char_embed.weight"] = table[1:] if rows == 262 else table
     for i, (w, n) in enumerate(m.filters):
-        sd[f"token_encoder.convs.{i}.weight"] = h.get(f"CNN/W_cnn_{i}", (1, w, m.char_embed_dim, n))[0].transpose(2, 1, 0)
+        sd[f"token_encoder.convs.{i}.weight"] = h.get(f"CNN/W_cnn_{i}",
+                                                      (1, w, m.char_embed_dim, n))[0].transpose(2, 1, 0)
         sd[f"token_encoder.convs.{i}.bias"] = h.get(f"CNN/b_cnn_{i}", (n,))
     for k in range(m.n_highway):
         for ours, theirs in (("carry", "carry"), ("transform", "transform")):
@@ -143,7 +144,8 @@ def import_elmo(options_path: str | Path, weights_path: str | Path, out: str | P
     model.load_state_dict(sd)
     cfg = Config(model=m)
     validate(cfg)
-    meta = {"source": f"{options_path} + {weights_path}", "step": 0, "format": "elmo-hdf5", "softmax": bool(softmax_path)}
+    meta = {"source": f"{options_path} + {weights_path}", "step": 0, "format": "elmo-hdf5",
+            "softmax": bool(softmax_path)}
     write_export(out, model.state_dict(), cfg, meta, vocab=vocab)
     return {"out": str(out), "vocab": len(vocab), "softmax": bool(softmax_path),
             "parameters": sum(v.numel() for k, v in sd.items() if not k.startswith("softmax"))}
@@ -194,7 +196,8 @@ def _official_datasets(sd: dict, m) -> dict[str, np.ndarray]:
     for d, name in enumerate(("forward_lstm", "backward_lstm")):
         for layer in range(m.n_layers):
             q, p = f"{name}.layers.{layer}.lstm", _lstm_path(d, layer)
-            w = np.concatenate([_reorder(sd[f"{q}.weight_ih_l0"], cells), _reorder(sd[f"{q}.weight_hh_l0"], cells)], axis=1)
+            w = np.concatenate([_reorder(sd[f"{q}.weight_ih_l0"], cells), _reorder(sd[f"{q}.weight_hh_l0"], cells)],
+                               axis=1)
             bias = _reorder(sd[f"{q}.bias_ih_l0"] + sd[f"{q}.bias_hh_l0"], cells)
             bias[2 * cells:3 * cells] -= 1.0  # TF adds its forget bias back at run time
             ds[f"{p}/W_0"] = w.T

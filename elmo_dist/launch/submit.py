@@ -14,10 +14,14 @@ Configs are loaded and checked here, before anything is queued, so a mistake fai
 receives the resolved config, not a path. Where the job runs comes from the config's `slurm` section
 (cluster=auto picks Slurm where `srun` exists, local processes elsewhere; debug runs in this process).
 
-Preemption and time limits: Slurm sends USR2 `slurm.signal_delay_s` before the end. The trainer
-records it and checkpoints at the next step boundary; then the job hands over to submitit's handler,
-which calls `checkpoint()` (a resubmission of the same job) and requeues it. The requeued job finds
-the checkpoint in train.run_dir and resumes exactly.
+Preemption and time limits: Slurm sends submitit's preemption signal (USR2, or the one named by
+submitit's documented SUBMITIT_PREEMPT_SIGNAL) `slurm.signal_delay_s` before the end. The trainer
+records it and checkpoints at the next step boundary, then puts back the handler submitit installed
+for that signal; the job raises the signal again, and submitit's own preemption path calls
+`checkpoint()` (a resubmission of the same job) and requeues it. The requeued job finds the checkpoint
+in train.run_dir and resumes exactly. Only submitit's public behaviour is relied on (the variable,
+its handler for that signal, `checkpoint()`), so a submitit release that renames its internals
+cannot turn a preemption into a failure.
 """
 from __future__ import annotations
 
@@ -30,12 +34,14 @@ from pathlib import Path
 import submitit
 
 from elmo_dist import configlib
-from elmo_dist.config import SlurmConfig, extra_parameters, tasks_per_node
+from elmo_dist.config import SlurmConfig, extra_parameters, parse_signal, tasks_per_node
 from elmo_dist.launch.slurm_env import export_slurm_env
 
 
-def _usr_signal() -> signal.Signals:
-    return submitit.JobEnvironment._usr_sig()
+def preempt_signal() -> signal.Signals:
+    """The signal submitit treats as "preempted or timed out": USR2 unless SUBMITIT_PREEMPT_SIGNAL
+    names another (read the way submitit reads it, so both sides agree)."""
+    return parse_signal(os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2"))
 
 
 def _export_ranks() -> None:
@@ -57,21 +63,30 @@ class PretrainJob(submitit.helpers.Checkpointable):
         from elmo_dist.train.trainer import pretrain
 
         _export_ranks()
-        tree = configlib.merge_trees(self.tree, {"train": {"stop_signals": [_usr_signal().name]}})
-        summary, _ = pretrain(config_from_tree(tree, "submitted config"))
+        sig = preempt_signal()
+        # whatever submitit installed for this job (its requeue handler); the trainer replaces it while
+        # it runs, so that a signal mid-step only asks for a stop, and puts it back when it stops
+        requeue_handler = signal.getsignal(sig)
+        tree = configlib.merge_trees(self.tree, {"train": {"stop_signals": [sig.name]}})
+        summary, is_main = pretrain(config_from_tree(tree, "submitted config"))
         if summary["stopped"] and not summary["finished"]:
-            _hand_over_to_submitit(summary)
+            _hand_over_to_submitit(sig, requeue_handler, summary, is_main)
         return summary
 
 
-def _hand_over_to_submitit(summary: dict) -> None:
-    """After the trainer saved at a step boundary: let submitit checkpoint this job and requeue it."""
-    handler = signal.getsignal(_usr_signal())
-    if callable(handler) and getattr(handler, "__self__", None).__class__.__name__ == "SignalHandler":
-        handler(_usr_signal(), None)  # rank 0: resubmission pickled, `scontrol requeue`, exit
-        sys.exit(0)  # other ranks: nothing to report; the requeue restarts them
-    raise RuntimeError(f"pretraining stopped at step {summary['steps']} ({summary['stopped']}) outside a "
-                       f"requeueable job; checkpoint {summary['checkpoint']}: submit it again to resume")
+def _hand_over_to_submitit(sig: signal.Signals, handler, summary: dict, is_main: bool) -> None:
+    """After the trainer saved at a step boundary: deliver the signal it consumed to submitit's handler,
+    which calls `checkpoint()` and requeues the job."""
+    where = f"at step {summary['steps']} ({summary['stopped']}); checkpoint {summary['checkpoint']}"
+    if not callable(handler):  # SIG_DFL, SIG_IGN or None: not a submitit job (e.g. the debug executor)
+        raise RuntimeError(f"pretraining stopped {where} outside a requeueable job: submit it again to resume")
+    # raise_signal runs the Python handler before returning; on rank 0 submitit pickles the resubmission,
+    # requeues and exits there; on other ranks it only logs and returns
+    signal.raise_signal(sig)
+    if is_main:  # rank 0 came back: the handler did not requeue, and the job must not look successful
+        raise RuntimeError(f"pretraining stopped {where}, but the {sig.name} handler did not requeue the job: "
+                           f"submit it again to resume")
+    sys.exit(0)  # other ranks: nothing to report; the requeue restarts them
 
 
 class FinetuneJob(submitit.helpers.Checkpointable):

@@ -12,11 +12,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from elmo_dist.data.batching import IGNORE
 from elmo_dist.model.lstm import LstmStack
 from elmo_dist.model.softmax import SharedSoftmax
 from elmo_dist.model.token_encoder import build_token_encoder
-
-IGNORE = -100
 
 
 def reverse_padded(x: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:
@@ -42,21 +41,22 @@ class BiLM(nn.Module):
         self.softmax = SharedSoftmax(cfg.softmax, vocab_size, dim, cfg.n_negative_samples, cfg.adaptive_cutoffs)
 
     def encode(self, chars, token_ids, fwd_index, bwd_index, state=None, lengths=None):
-        """Top-to-bottom LSTM outputs per direction, aligned to positions, and the new state."""
+        """(token layer [B, T, dim] in forward order, every LSTM layer's output per direction [B, T, dim],
+        aligned to positions, and the new state)."""
         tokens = self.token_encoder(chars, token_ids)  # [U, dim], once per distinct token
         xf = tokens[fwd_index]
         xb = reverse_padded(tokens[bwd_index], lengths)
         fwd, sf = self.forward_lstm(xf, None if state is None else state[0])
         bwd, sb = self.backward_lstm(xb, None if state is None else state[1])
         bwd = [reverse_padded(h, lengths) for h in bwd]
-        return xf, tokens[bwd_index], fwd, bwd, (sf, sb)
+        return xf, fwd, bwd, (sf, sb)
 
     def forward(self, batch: dict, state=None, full_softmax: bool = False) -> dict:
         """Summed NLL and target count per direction for a pretraining batch, plus the new state.
 
         `full_softmax=True` gives the exact NLL (evaluation); otherwise the configured training loss.
         """
-        _, _, fwd, bwd, new_state = self.encode(batch["chars"], batch["token_ids"],
+        _, fwd, bwd, new_state = self.encode(batch["chars"], batch["token_ids"],
                                                 batch["fwd_index"], batch["bwd_index"], state)
         negatives = None
         if not full_softmax and self.softmax.kind == "sampled":
@@ -73,7 +73,7 @@ class BiLM(nn.Module):
 
     def layers(self, chars, token_ids, index, lengths=None) -> list[torch.Tensor]:
         """The L+1 ELMo layers for sentences: [emb; emb], then each LSTM layer as fwd || bwd, [B, T, 2*dim]."""
-        x, _, fwd, bwd, _ = self.encode(chars, token_ids, index, index, None, lengths)
+        x, fwd, bwd, _ = self.encode(chars, token_ids, index, index, None, lengths)
         return [torch.cat([x, x], dim=-1)] + [torch.cat([f, b], dim=-1) for f, b in zip(fwd, bwd)]
 
 

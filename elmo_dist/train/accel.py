@@ -47,7 +47,8 @@ def build_accelerator(cfg) -> Accelerator:
     expected = _check_launch_env()
     if os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true" and dist.zero_stage == 0:
         raise ConfigError("launched with an Accelerate DeepSpeed config, but config key 'dist.zero_stage' is 0; "
-                          "choose ZeRO in the run config (dist.zero_stage) and launch with configs/accelerate/deepspeed.yaml")
+                          "choose ZeRO in the run config (dist.zero_stage) and launch with "
+                          "configs/accelerate/deepspeed.yaml")
     backend = dist.backend if dist.backend != "auto" else ("nccl" if device == "cuda" else "gloo")
     # a process-group spec on a single process makes Accelerate look for a group that isn't there;
     # with DeepSpeed it is always needed, or on CPU every rank believes it is rank 0
@@ -58,7 +59,8 @@ def build_accelerator(cfg) -> Accelerator:
 
         plugin = DeepSpeedPlugin(hf_ds_config=deepspeed_config(cfg, expected))
         # no cpu=True here: Accelerate would silently drop the DeepSpeed plugin
-        accelerator = Accelerator(deepspeed_plugin=plugin, mixed_precision=dist.mixed_precision, kwargs_handlers=handlers)
+        accelerator = Accelerator(deepspeed_plugin=plugin, mixed_precision=dist.mixed_precision,
+                                  kwargs_handlers=handlers)
     else:
         accelerator = Accelerator(cpu=device == "cpu", mixed_precision=dist.mixed_precision, kwargs_handlers=handlers,
                                   gradient_accumulation_steps=dist.gradient_accumulation_steps)

@@ -84,7 +84,7 @@ def unigram_ppl(corpus: PreparedCorpus, max_tokens: int = 0) -> float:
         held += np.bincount(corpus.softmax_ids(stream.read(start, min(n, start + (1 << 20)))), minlength=v)
     total = 0.0
     # forward targets are every token but <S>; backward targets every token but </S>
-    for skip, other in ((BOS_ID, EOS_ID), (EOS_ID, BOS_ID)):
+    for skip in (BOS_ID, EOS_ID):
         train = counts.astype(np.float64).copy()
         train[skip] = 0
         logp = np.log((train + 1) / (train.sum() + v))
@@ -100,13 +100,15 @@ def evaluate_checkpoint(path: str, overrides: list[str], out: str | None = None)
     at another prepared corpus, which must share the run's vocabulary."""
     saved = open_run(path)
     if not saved.has_softmax:
-        raise CheckpointError(f"{saved.path}: imported without a softmax, so it has no perplexity; import with --vocab "
-                              "and --softmax, or train one: elmo-dist pretrain CONFIG train.init_from=" + str(saved.path))
+        raise CheckpointError(f"{saved.path}: imported without a softmax, so it has no perplexity; import with "
+                              "--vocab and --softmax, or train one: elmo-dist pretrain CONFIG train.init_from="
+                              + str(saved.path))
     cfg = load_config(saved.path / "config.yaml", overrides)
     corpus = PreparedCorpus(cfg.data.dir, cfg.model.max_chars_per_token)
     run_vocab = saved.home / "vocab.txt"
     if run_vocab.is_file() and saved.vocab().tokens != corpus.vocab.tokens:
-        raise CheckpointError(f"{cfg.data.dir}: its vocabulary differs from {run_vocab}, the one the run was trained with")
+        raise CheckpointError(f"{cfg.data.dir}: its vocabulary differs from {run_vocab}, "
+                              "the one the run was trained with")
     device = resolve_device(cfg.train.device)
     model = saved.build_model(device, len(corpus.vocab), cfg.model)
     t0 = time.perf_counter()

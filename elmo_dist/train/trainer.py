@@ -131,7 +131,8 @@ class Trainer:
         if latest is None:
             return
         if self.cfg.checkpoint.resume == "never":
-            raise CheckpointError(f"{self.run_dir}: has checkpoints and checkpoint.resume=never; use a new train.run_dir")
+            raise CheckpointError(f"{self.run_dir}: has checkpoints and checkpoint.resume=never; "
+                                  "use a new train.run_dir")
         diff = arch_diff(load_config(latest / "config.yaml").model, self.cfg.model)
         if diff:
             raise CheckpointError(f"{latest}: architecture differs from the config ({'; '.join(diff)}); "
@@ -286,7 +287,8 @@ class Trainer:
         self.metrics.log(metrics, self.step)
         self.last_train = metrics
         msg = (f"step {self.step}/{self.cfg.train.max_steps} loss fwd {loss_f:.3f} bwd {loss_b:.3f} "
-               f"lr {metrics['train/lr']:.3g} |g| {metrics['train/grad_norm']:.2f} {metrics['perf/tokens_per_s']:.0f} tok/s")
+               f"lr {metrics['train/lr']:.3g} |g| {metrics['train/grad_norm']:.2f} "
+               f"{metrics['perf/tokens_per_s']:.0f} tok/s")
         if bar is not None:
             bar.set_postfix_str(msg.split(" ", 2)[2])
         else:

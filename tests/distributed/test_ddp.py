@@ -129,7 +129,8 @@ def test_srun_style_tasks_form_one_group(tmp_path, grammar_corpus):
     for rank in (0, 1):
         env = {**base, "SLURM_PROCID": str(rank), "SLURM_NTASKS": "2", "SLURM_LOCALID": str(rank),
                "SLURM_JOB_NODELIST": "127.0.0.1", "SLURM_JOB_ID": "4711"}
-        cmd = [sys.executable, "-m", "elmo_dist", *pretrain_args(tmp_path / "srun", grammar_corpus, "data.batch_size=8")]
+        cmd = [sys.executable, "-m", "elmo_dist",
+               *pretrain_args(tmp_path / "srun", grammar_corpus, "data.batch_size=8")]
         tasks.append(subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
     outputs = [t.communicate(timeout=600)[0] for t in tasks]
     assert [t.returncode for t in tasks] == [0, 0], outputs

@@ -79,7 +79,8 @@ def write_agnews(path, n, seed):
         for _ in range(n):
             c = int(rng.integers(1, 5))
             other = topics[int(rng.integers(1, 5))]
-            w.writerow([c, f"the {topics[c]} news", order_task_sentence(rng, topics[c], other).replace(" .", ", \\ ok .")])
+            w.writerow([c, f"the {topics[c]} news",
+                        order_task_sentence(rng, topics[c], other).replace(" .", ", \\ ok .")])
     return path
 
 
@@ -133,7 +134,8 @@ def test_embed_writes_the_documented_hdf5_layout(tmp_path, tiny_bilm):
 def test_same_seed_same_result_and_trainable_bilm_moves(tmp_path, tiny_bilm):
     write_order_task(tmp_path / "train.jsonl", 160, 0)
     args = ["finetune", str(REPO / "configs/finetune.yaml"), f"bilm.path={tiny_bilm}",
-            f"data.train={tmp_path / 'train.jsonl'}", "variants=[scalar_mix]", "baseline=false", *FAST, "train.epochs=3"]
+            f"data.train={tmp_path / 'train.jsonl'}", "variants=[scalar_mix]", "baseline=false", *FAST,
+            "train.epochs=3"]
     run_cli(*args, f"train.run_dir={tmp_path / 'a'}")
     run_cli(*args, f"train.run_dir={tmp_path / 'b'}")
     a = json.loads((tmp_path / "a" / "scalar_mix" / "metrics.json").read_text())

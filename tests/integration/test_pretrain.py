@@ -103,7 +103,8 @@ def test_resume_refuses_an_architecture_change(tmp_path, grammar_corpus):
 
 def test_a_half_written_checkpoint_is_skipped(tmp_path, grammar_corpus):
     run = tmp_path / "r"
-    pretrain(run, grammar_corpus, "train.max_steps=20", "checkpoint.every=10", "train.eval_every=0", "--stop-at-step", "20")
+    pretrain(run, grammar_corpus, "train.max_steps=20", "checkpoint.every=10", "train.eval_every=0",
+             "--stop-at-step", "20")
     # a crash during the write of step-30: files there, no COMPLETE marker
     broken = run / "checkpoints" / "step-30"
     broken.mkdir()

@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import REPO, TINY_OVERRIDES, run_cli
 from elmo_dist.data.char_ids import token_char_ids
 from elmo_dist.embedder import Embedder
+
+from conftest import REPO, TINY_OVERRIDES, run_cli
 
 FILTERS = [[1, 4], [2, 4], [3, 8]]
 CHAR_DIM, HIGHWAY, CELLS, PROJ, LAYERS, CLIP = 4, 1, 12, 6, 2, 3.0
@@ -61,18 +62,20 @@ def reference_layers(w, tokens):
     for tok in tokens:
         emb = table[token_char_ids(tok).astype(np.int64) + 1]  # [50, CHAR_DIM]
         pooled = []
-        for i, (width, n) in enumerate(FILTERS):
+        for i, (width, _) in enumerate(FILTERS):
             kern = w[f"CNN/W_cnn_{i}"][0]  # [width, in, out]
             conv = np.stack([np.einsum("kc,kco->o", emb[t:t + width], kern) for t in range(50 - width + 1)])
             pooled.append((conv + w[f"CNN/b_cnn_{i}"]).max(axis=0))
         x = np.maximum(np.concatenate(pooled), 0)
         for k in range(HIGHWAY):
             carry = sigmoid(x @ w[f"CNN_high_{k}/W_carry"] + w[f"CNN_high_{k}/b_carry"])
-            x = carry * np.maximum(x @ w[f"CNN_high_{k}/W_transform"] + w[f"CNN_high_{k}/b_transform"], 0) + (1 - carry) * x
+            x = (carry * np.maximum(x @ w[f"CNN_high_{k}/W_transform"] + w[f"CNN_high_{k}/b_transform"], 0)
+                 + (1 - carry) * x)
         xs.append(x @ w["CNN_proj/W_proj"] + w["CNN_proj/b_proj"])
     x0 = np.stack(xs)
     dirs = [_lstm_stack(w, 0, x0), _lstm_stack(w, 1, x0[::-1])[:, ::-1]]
-    return np.stack([np.concatenate([x0, x0], -1)] + [np.concatenate([dirs[0][l], dirs[1][l]], -1) for l in range(LAYERS)])
+    lstm_layers = [np.concatenate([dirs[0][k], dirs[1][k]], -1) for k in range(LAYERS)]
+    return np.stack([np.concatenate([x0, x0], -1)] + lstm_layers)
 
 
 def _lstm_stack(w, direction, x):
@@ -159,8 +162,9 @@ def test_embed_on_an_import_writes_the_documented_hdf5(official, tmp_path):
 
 def test_continued_pretraining_trains_a_new_softmax(official, grammar_corpus, tmp_path):
     d, _ = official
-    proc = run_cli("pretrain", str(REPO / "configs/debug.yaml"), f"data.dir={grammar_corpus}", f"train.run_dir={tmp_path / 'run'}",
-                   *TINY_OVERRIDES, "train.eval_every=0", "train.max_steps=2", "optim.lr=0.001", f"train.init_from={d / 'imported'}",
+    proc = run_cli("pretrain", str(REPO / "configs/debug.yaml"), f"data.dir={grammar_corpus}",
+                   f"train.run_dir={tmp_path / 'run'}", *TINY_OVERRIDES, "train.eval_every=0", "train.max_steps=2",
+                   "optim.lr=0.001", f"train.init_from={d / 'imported'}",
                    f"model.char_embed_dim={CHAR_DIM}", f"model.filters={FILTERS}", f"model.n_highway={HIGHWAY}",
                    f"model.lstm_dim={CELLS}", f"model.projection_dim={PROJ}", f"model.cell_clip={CLIP}",
                    f"model.proj_clip={CLIP}")
@@ -168,7 +172,8 @@ def test_continued_pretraining_trains_a_new_softmax(official, grammar_corpus, tm
     from safetensors.torch import load_file
 
     before = load_file(str(d / "imported" / "model.safetensors"))["token_encoder.char_embed.weight"]
-    after = load_file(str(tmp_path / "run" / "checkpoints" / "step-2" / "model.safetensors"))["token_encoder.char_embed.weight"]
+    after = load_file(str(tmp_path / "run" / "checkpoints" / "step-2"
+                          / "model.safetensors"))["token_encoder.char_embed.weight"]
     assert torch.allclose(before, after, atol=0.05) and not torch.equal(before, after)  # started from it, then trained
 
 
@@ -182,7 +187,8 @@ def test_evaluate_refuses_an_import_without_a_softmax(official, grammar_corpus):
     (lambda f: f.__delitem__("CNN_proj/b_proj"), "dataset 'CNN_proj/b_proj' is missing"),
     (lambda f: (f.__delitem__("CNN/b_cnn_1"), f.create_dataset("CNN/b_cnn_1", data=np.zeros(5, np.float32))),
      "dataset 'CNN/b_cnn_1' has shape (5,)"),
-    (lambda f: (f.__delitem__("char_embed"), f.create_dataset("char_embed", data=np.zeros((100, CHAR_DIM), np.float32))),
+    (lambda f: (f.__delitem__("char_embed"),
+                f.create_dataset("char_embed", data=np.zeros((100, CHAR_DIM), np.float32))),
      "dataset 'char_embed' has shape (100, 4)"),
 ])
 def test_a_damaged_weight_file_names_the_dataset(tmp_path, damage, named):

@@ -3,7 +3,8 @@ checkpoint is being written) and restarted with the same command until it finish
 same weights as a run that was never interrupted: bit for bit on one process, within 1e-6 on two.
 
 The kills are real SIGKILLs to the whole process group (torchrun and its workers alike), at a
-random delay after training started, or the moment a checkpoint's temporary directory appears. `make test` runs 13 kills; ELMO_DIST_KILLS=full runs 20.
+random delay after training started, or the moment a checkpoint's temporary directory appears.
+`make test` runs 13 kills; ELMO_DIST_KILLS=full runs 20.
 """
 from __future__ import annotations
 
@@ -59,7 +60,7 @@ def run_with_kills(cmd: list[str], run: Path, plan: list[str], rng: random.Rando
             assert proc.wait(timeout=600) == 0, log.read_text()[-3000:]
             return stats
         # training has started once this attempt logs its "training steps" line
-        alive = _wait_for(lambda: "training steps" in log.read_text()[started:], proc, interval=0.02)
+        alive = _wait_for(lambda started=started: "training steps" in log.read_text()[started:], proc, interval=0.02)
         if alive and kind == "timed":
             time.sleep(rng.uniform(0.0, 0.8))
         elif alive:

@@ -8,11 +8,12 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from conftest import REPO, TINY_OVERRIDES, run_cli
+from elmo_dist import runs
 from elmo_dist.config import load_config
 from elmo_dist.errors import TrainingDiverged
-from elmo_dist import runs
 from elmo_dist.train.trainer import Trainer
+
+from conftest import REPO, TINY_OVERRIDES, run_cli
 
 
 def make_trainer(run, data, *extra) -> Trainer:
@@ -71,7 +72,8 @@ def test_consecutive_bad_steps_stop_with_the_step_and_last_good_checkpoint(tmp_p
     msg = str(err.value)
     assert msg.startswith("step 10: 3 step(s) in a row with a non-finite loss or gradient")
     assert f"{run / 'checkpoints' / 'step-5'} is intact" in msg
-    assert runs.find_latest(run) == run / "checkpoints" / "step-5" and runs.verify(run / "checkpoints" / "step-5") is None
+    assert (runs.find_latest(run) == run / "checkpoints" / "step-5"
+            and runs.verify(run / "checkpoints" / "step-5") is None)
     assert not (run / "summary.json").exists()
 
 

@@ -347,7 +347,8 @@ def test_state_dict_contents(corpus):
     b = WindowBatcher(corpus, ROWS, STEPS, seed=7, world_size=1)
     take(b, 3)
     s = b.state_dict()
-    assert (s["epoch"], s["step"], s["seed"], s["rows"], s["unroll_steps"], s["world_size"]) == (0, 3, 7, ROWS, STEPS, 1)
+    assert (s["epoch"], s["step"], s["seed"], s["rows"], s["unroll_steps"],
+            s["world_size"]) == (0, 3, 7, ROWS, STEPS, 1)
 
 
 # -- ranks ---------------------------------------------------------------------------------------
@@ -433,7 +434,6 @@ def test_eval_predicts_every_heldout_token_once_per_direction(corpus, manifest, 
     stream = corpus.stream("heldout")
     gids = stream.read(0, len(stream))
     ids = corpus.softmax_ids(gids)
-    n_f = n_b = 0
     f_targets, b_targets = [], []
     batches = list(eval_batches(corpus, rows, steps))
     assert [b["reset"] for b in batches] == [True] + [False] * (len(batches) - 1)
@@ -495,7 +495,7 @@ def test_eval_max_tokens_stops_at_the_last_whole_sentence(corpus, max_tokens):
     f = sum(int((b["fwd_targets"] != IGNORE).sum()) for b in batches)
     bw = sum(int((b["bwd_targets"] != IGNORE).sum()) for b in batches)
     assert f == bw == n - n_sentences  # words + sentences of the whole sentences kept
-    assert len(batches) == -(-(-(-n // 2)) // 5)
+    assert len(batches) == -(-(-(-n // 2)) // 5)  # noqa: B002 (two ceiling divisions, not a decrement)
 
 
 def test_eval_max_tokens_beyond_the_split_is_everything(corpus, manifest):

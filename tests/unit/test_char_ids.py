@@ -2,8 +2,16 @@
 import numpy as np
 import pytest
 
-from elmo_dist.data.char_ids import (BOS_CHAR, BOW_CHAR, EOS_CHAR, EOW_CHAR, N_CHARS, PAD_CHAR,
-                                     char_id_table, token_char_ids)
+from elmo_dist.data.char_ids import (
+    BOS_CHAR,
+    BOW_CHAR,
+    EOS_CHAR,
+    EOW_CHAR,
+    N_CHARS,
+    PAD_CHAR,
+    char_id_table,
+    token_char_ids,
+)
 
 
 def expected(body, max_chars=50):

@@ -3,8 +3,16 @@ import dataclasses
 
 import pytest
 
-from elmo_dist.config import (FULL_FILTERS, SMALL_FILTERS, Config, ModelConfig, arch_diff, load_config,
-                              save_config, valid_keys)
+from elmo_dist.config import (
+    FULL_FILTERS,
+    SMALL_FILTERS,
+    Config,
+    ModelConfig,
+    arch_diff,
+    load_config,
+    save_config,
+    valid_keys,
+)
 from elmo_dist.errors import ConfigError
 
 

@@ -11,9 +11,10 @@ import torch
 
 import elmo_dist.model
 from elmo_dist.config import ModelConfig
+from elmo_dist.data.batching import IGNORE
 from elmo_dist.data.char_ids import char_id_table
 from elmo_dist.model import BiLM, build_bilm
-from elmo_dist.model.bilm import IGNORE, reverse_padded
+from elmo_dist.model.bilm import reverse_padded
 
 pytestmark = pytest.mark.filterwarnings("ignore:LSTM with projections is not supported with oneDNN")
 
@@ -104,7 +105,7 @@ def test_full_softmax_nll_is_mean_cross_entropy_by_hand():
     model = build_bilm(tiny_cfg(softmax="sampled"), V).eval()
     batch = fake_batch()
     out = model(batch, full_softmax=True)
-    xf, xb, fwd, bwd, _ = model.encode(batch["chars"], batch["token_ids"], batch["fwd_index"], batch["bwd_index"])
+    _, fwd, bwd, _ = model.encode(batch["chars"], batch["token_ids"], batch["fwd_index"], batch["bwd_index"])
     logits = fwd[-1] @ model.softmax.weight.t() + model.softmax.bias
     t = batch["fwd_targets"]
     keep = t != IGNORE
