@@ -81,6 +81,9 @@ def _add_run_parsers(sub) -> None:
     m.add_argument("--weights", help="comma-separated layer weights for a single mixed layer, e.g. 0.33,0.33,0.34")
     m.add_argument("--batch-size", type=int, default=32)
     m.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    m.add_argument("--no-sentence-boundaries", dest="sentence_boundaries", action="store_false",
+                   help="feed the bare tokens; by default each line is read as <S> tokens </S> and the two "
+                        "marker positions are dropped, as bilm-tf and AllenNLP do")
 
 
 def _add_submit(sub) -> None:
@@ -227,7 +230,8 @@ def cmd_embed(args) -> int:
             weights = [float(w) for w in args.weights.split(",")]
         except ValueError:
             raise UserError(f"--weights '{args.weights}' is not a comma-separated list of numbers") from None
-    res = embed_file(args.run, args.input, args.output, weights, args.batch_size, args.device)
+    res = embed_file(args.run, args.input, args.output, weights, args.batch_size, args.device,
+                     args.sentence_boundaries)
     print(f"embedded {res['sentences']:,} sentences ({res['skipped_empty']} empty lines skipped), "
           f"{res['layers']} layers x {res['dim']} dims -> {res['out']}")
     return 0

@@ -18,7 +18,7 @@ import torch
 
 from elmo_dist.config import Config
 from elmo_dist.data.batching import trim_chars
-from elmo_dist.data.char_ids import char_id_table
+from elmo_dist.data.char_ids import BOS_TOKEN, EOS_TOKEN, char_id_table
 from elmo_dist.data.tokenize import build_tokenizer
 from elmo_dist.data.vocab import Vocabulary
 from elmo_dist.errors import DataError
@@ -26,21 +26,32 @@ from elmo_dist.runs import open_run, resolve_device
 
 
 class Embedder:
-    def __init__(self, model, vocab: Vocabulary, cfg: Config, device: str = "cpu", corpus_options: dict | None = None):
+    """The L+1 ELMo layers of tokenized sentences, from a biLM and its vocabulary.
+
+    `sentence_boundaries` (the default, as bilm-tf and AllenNLP do it): every sentence is read as
+    `<S> w1 .. wn </S>`, the way the biLM saw sentences in pretraining, and the two marker positions
+    are dropped from the output. False feeds the bare tokens (the LSTM layers then differ: their
+    state at w1 has not seen `<S>`).
+    """
+
+    def __init__(self, model, vocab: Vocabulary, cfg: Config, device: str = "cpu", corpus_options: dict | None = None,
+                 sentence_boundaries: bool = True):
         self.model, self.vocab, self.cfg = model.to(device).eval(), vocab, cfg
         self.device = torch.device(device)
+        self.sentence_boundaries = sentence_boundaries
         opts = corpus_options or {}
         self.tokenize = build_tokenizer(opts.get("tokenizer", "whitespace"), opts.get("lowercase", False))
         self.n_layers = cfg.model.n_layers + 1
         self.dim = 2 * cfg.model.projection_dim
 
     @classmethod
-    def from_run(cls, path: str | Path, device: str = "auto") -> "Embedder":
+    def from_run(cls, path: str | Path, device: str = "auto", sentence_boundaries: bool = True) -> "Embedder":
         """A run directory (its newest checkpoint), a checkpoint, an export or an import (elmo_dist.runs)."""
         saved = open_run(path)
         vocab = saved.vocab()
         device = resolve_device(device)
-        return cls(saved.build_model(device, len(vocab)), vocab, saved.config, device, saved.corpus_options())
+        return cls(saved.build_model(device, len(vocab)), vocab, saved.config, device, saved.corpus_options(),
+                   sentence_boundaries)
 
     def tensors(self, sentences: list[list[str]]) -> dict:
         """The model inputs for a batch of token lists: distinct tokens once, plus an index and lengths."""
@@ -58,11 +69,17 @@ class Embedder:
                 "lengths": torch.tensor(lengths, device=dev)}
 
     def layers(self, sentences: list[list[str]]) -> tuple[torch.Tensor, torch.Tensor]:
-        """[B, L+1, T, D] layers and a [B, T] mask; gradients flow if the model is in training."""
-        t = self.tensors(sentences)
-        out = self.model.layers(t["chars"], t["token_ids"], t["index"], t["lengths"])
-        mask = torch.arange(t["index"].shape[1], device=self.device)[None, :] < t["lengths"][:, None]
-        return torch.stack(out, dim=1) * mask[:, None, :, None], mask
+        """[B, L+1, T, D] layers (zero past each sentence's end) and a [B, T] mask, T the longest
+        sentence; gradients flow if the model is in training."""
+        marked = [[BOS_TOKEN, *s, EOS_TOKEN] for s in sentences] if self.sentence_boundaries else sentences
+        t = self.tensors(marked)
+        out = torch.stack(self.model.layers(t["chars"], t["token_ids"], t["index"], t["lengths"]), dim=1)
+        longest = max((len(s) for s in sentences), default=0)
+        if self.sentence_boundaries:  # drop <S>; each </S> lands past its sentence's end, under the mask
+            out = out[:, :, 1 : longest + 1]
+        lengths = torch.tensor([len(s) for s in sentences], device=self.device)
+        mask = torch.arange(out.shape[2], device=self.device)[None, :] < lengths[:, None]
+        return out * mask[:, None, :, None], mask
 
     @torch.no_grad()
     def embed_sentences(self, sentences: list[list[str]], batch_size: int = 32,
@@ -81,7 +98,7 @@ class Embedder:
 
 
 def embed_file(run: str | Path, text_file: str | Path, out_file: str | Path, weights: list[float] | None = None,
-               batch_size: int = 32, device: str = "auto") -> dict:
+               batch_size: int = 32, device: str = "auto", sentence_boundaries: bool = True) -> dict:
     """Write ELMo layers for each line of `text_file` to HDF5, in `allennlp elmo`'s layout.
 
     Dataset "<line number>" (0-based) holds [L+1, n_tokens, D] (or [n_tokens, D] with `weights`);
@@ -92,7 +109,7 @@ def embed_file(run: str | Path, text_file: str | Path, out_file: str | Path, wei
     import h5py
     from tqdm import tqdm
 
-    elmo = Embedder.from_run(run, device)
+    elmo = Embedder.from_run(run, device, sentence_boundaries)
     if weights is not None and len(weights) != elmo.n_layers:
         raise DataError(f"--weights: {len(weights)} values given for {elmo.n_layers} layers")
     try:

@@ -208,7 +208,7 @@ def finetune(cfg: FinetuneConfig) -> dict:
     d = cfg.data
     splits = build_splits(d.train, d.valid, d.test, d.format, list(d.text_fields), d.label_field,
                           d.valid_fraction, d.test_fraction, d.split_seed)
-    embedder = Embedder.from_run(cfg.bilm.path, cfg.train.device)
+    embedder = Embedder.from_run(cfg.bilm.path, cfg.train.device, cfg.bilm.sentence_boundaries)
     run_dir.mkdir(parents=True, exist_ok=True)
     configlib.save_config(cfg, run_dir / "config.yaml")
     (run_dir / "labels.json").write_text(json.dumps(splits.labels, indent=1))
@@ -229,7 +229,7 @@ def finetune(cfg: FinetuneConfig) -> dict:
         out.mkdir(parents=True, exist_ok=True)
         (out / "labels.json").write_text(json.dumps(splits.labels, indent=1))
         if cfg.bilm.trainable:  # every variant starts from the pretrained biLM
-            embedder = Embedder.from_run(cfg.bilm.path, cfg.train.device)
+            embedder = Embedder.from_run(cfg.bilm.path, cfg.train.device, cfg.bilm.sentence_boundaries)
             sources = {s: LayerSource(embedder, docs[s], False, cfg.bilm.batch_size, trainable=True) for s in docs}
         run = VariantRun(variant, cfg, embedder, sources, y, splits.labels, out)
         summary = run.evaluate(run.fit())

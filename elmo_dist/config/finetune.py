@@ -21,7 +21,8 @@ VARIANTS = ("frozen", "scalar_mix", "learned_fn", "top")
 @dataclass
 class BilmSection:
     path: str = "runs/demo/pretrain"
-    """A pretraining run directory (its newest checkpoint) or a checkpoints/step-N directory."""
+    """The biLM: a pretraining run directory (its newest checkpoint), a checkpoints/step-N directory,
+    an `elmo-dist export` or an `import-elmo` directory."""
     trainable: bool = False
     """Fine-tune the biLM too (with bilm.lr; no layer cache then); frozen by default."""
     lr: float = 1e-4
@@ -30,6 +31,9 @@ class BilmSection:
     """With a frozen biLM, compute every document's layers once and reuse them for all epochs and variants."""
     batch_size: int = 16
     """Documents per biLM forward pass when computing the layers."""
+    sentence_boundaries: bool = True
+    """Read every document as `<S> tokens </S>` and drop the two marker positions from the layers, as
+    bilm-tf and AllenNLP do (the biLM saw sentences that way in pretraining); false feeds the bare tokens."""
 
 
 @dataclass

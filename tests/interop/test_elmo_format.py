@@ -102,13 +102,34 @@ def official(tmp_path_factory):
     return d, weights
 
 
+def reference_with_boundaries(w, tokens):
+    """bilm-tf's and AllenNLP's convention: run `<S> tokens </S>`, drop the two marker positions."""
+    return reference_layers(w, ["<S>", *tokens, "</S>"])[:, 1:-1]
+
+
 def test_imported_layers_match_the_tf_reference(official):
     d, weights = official
     got = Embedder.from_run(d / "imported", "cpu").embed_sentences(SENTENCES)
-    diffs = [float(np.abs(g - reference_layers(weights, s)).max()) for g, s in zip(got, SENTENCES)]
-    print(f"\nimport vs TF reference: max |diff| = {max(diffs):.2e} over {len(SENTENCES)} sentences")
-    assert max(diffs) < 1e-4
+    diffs = [np.abs(g - reference_with_boundaries(weights, s)).max(axis=(1, 2)) for g, s in zip(got, SENTENCES)]
+    per_layer = np.max(diffs, axis=0)
+    print(f"\nimport vs TF reference (<S>/</S> convention): max |diff| per layer = {per_layer}")
+    assert per_layer.max() < 1e-5  # the top LSTM layer included
     assert max(float(np.abs(g).max()) for g in got) > CLIP  # values the clips actually shaped
+
+
+def test_the_raw_switch_feeds_bare_tokens_and_differs_from_the_convention(official, tmp_path):
+    d, weights = official
+    raw = Embedder.from_run(d / "imported", "cpu", sentence_boundaries=False).embed_sentences(SENTENCES)
+    assert max(float(np.abs(g - reference_layers(weights, s)).max()) for g, s in zip(raw, SENTENCES)) < 1e-5
+    marked = Embedder.from_run(d / "imported", "cpu").embed_sentences(SENTENCES)
+    np.testing.assert_allclose(raw[0][0], marked[0][0], atol=1e-6)  # the token layer has no context
+    assert np.abs(raw[0][-1] - marked[0][-1]).max() > 0.1  # the LSTM layers do
+    (tmp_path / "s.txt").write_text("the cat sat on the mat .\n")
+    for flag, want in (([], marked[0]), (["--no-sentence-boundaries"], raw[0])):
+        run_cli("embed", str(d / "imported"), str(tmp_path / "s.txt"), str(tmp_path / "e.h5"), "--device", "cpu",
+                *flag)
+        with h5py.File(tmp_path / "e.h5") as f:
+            np.testing.assert_allclose(f["0"][...], want, rtol=1e-5, atol=1e-5)
 
 
 def test_export_then_import_round_trips_exactly(official, tmp_path):
