@@ -40,7 +40,10 @@ class Embedder:
         self.device = torch.device(device)
         self.sentence_boundaries = sentence_boundaries
         opts = corpus_options or {}
-        self.tokenize = build_tokenizer(opts.get("tokenizer", "whitespace"), opts.get("lowercase", False))
+        self.tokenizer_options = {"tokenizer": opts.get("tokenizer", "whitespace"),
+                                  "lowercase": opts.get("lowercase", False)}
+        self.tokenize = build_tokenizer(self.tokenizer_options["tokenizer"], self.tokenizer_options["lowercase"])
+        self.home: Path | None = None  # the run or export directory it came from, if any
         self.n_layers = cfg.model.n_layers + 1
         self.dim = 2 * cfg.model.projection_dim
 
@@ -50,8 +53,10 @@ class Embedder:
         saved = open_run(path)
         vocab = saved.vocab()
         device = resolve_device(device)
-        return cls(saved.build_model(device, len(vocab)), vocab, saved.config, device, saved.corpus_options(),
+        elmo = cls(saved.build_model(device, len(vocab)), vocab, saved.config, device, saved.corpus_options(),
                    sentence_boundaries)
+        elmo.home = saved.home
+        return elmo
 
     def tensors(self, sentences: list[list[str]]) -> dict:
         """The model inputs for a batch of token lists: distinct tokens once, plus an index and lengths."""
@@ -102,23 +107,22 @@ def embed_file(run: str | Path, text_file: str | Path, out_file: str | Path, wei
     """Write ELMo layers for each line of `text_file` to HDF5, in `allennlp elmo`'s layout.
 
     Dataset "<line number>" (0-based) holds [L+1, n_tokens, D] (or [n_tokens, D] with `weights`);
-    "sentence_to_index" is a JSON string mapping each line to its key. Empty lines are skipped and
-    counted, so their keys are missing. The file is written under a temporary name and renamed at
-    the end: a file at `out_file` is always complete.
+    "sentence_to_index" is a JSON string mapping each line to its key. Lines end at "\\n" only (a
+    "\\r" before it is dropped), so a form feed or U+2028 inside a line does not shift later keys;
+    empty or whitespace-only lines are skipped and counted, so their keys are missing. A byte-order
+    mark at the start is dropped (and reported as "byte_order_marks_dropped"). The file is written
+    under a temporary name and renamed at the end: a file at `out_file` is always complete.
     """
     import h5py
     from tqdm import tqdm
 
+    from elmo_dist.data.reader import TextLines
+
     elmo = Embedder.from_run(run, device, sentence_boundaries)
     if weights is not None and len(weights) != elmo.n_layers:
         raise DataError(f"--weights: {len(weights)} values given for {elmo.n_layers} layers")
-    try:
-        lines = Path(text_file).read_text(encoding="utf-8").splitlines()
-    except FileNotFoundError:
-        raise DataError(f"{text_file}: file not found") from None
-    except UnicodeDecodeError as e:
-        line = Path(text_file).read_bytes()[: e.start].count(b"\n") + 1
-        raise DataError(f"{text_file}:{line}: not UTF-8 ({e.reason})") from None
+    text = TextLines(text_file)  # keys are line numbers as editors count them, not splitlines()'s
+    lines = list(text)
     items = [(i, line, elmo.tokenize(line)) for i, line in enumerate(lines) if line.strip()]
     tmp = Path(str(out_file) + ".tmp")
     with h5py.File(tmp, "w") as f:
@@ -130,5 +134,8 @@ def embed_file(run: str | Path, text_file: str | Path, out_file: str | Path, wei
         f.attrs["layers"] = elmo.n_layers
         f.attrs["dim"] = elmo.dim
     tmp.replace(out_file)
-    return {"sentences": len(items), "skipped_empty": len(lines) - len(items), "layers": elmo.n_layers,
-            "dim": elmo.dim, "out": str(out_file)}
+    res = {"sentences": len(items), "skipped_empty": len(lines) - len(items), "layers": elmo.n_layers,
+           "dim": elmo.dim, "out": str(out_file)}
+    if text.bom:
+        res["byte_order_marks_dropped"] = 1
+    return res

@@ -13,8 +13,10 @@ epochs and variants; with `bilm.trainable=true` they are recomputed with gradien
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -23,6 +25,7 @@ from safetensors.torch import load_file, save_file
 
 from elmo_dist import configlib
 from elmo_dist.classify import report
+from elmo_dist.classify.cache import open_or_build, weights_digest
 from elmo_dist.classify.data import Splits, build_splits, label_index
 from elmo_dist.config import FinetuneConfig
 from elmo_dist.embedder import Embedder
@@ -31,42 +34,19 @@ from elmo_dist.model.scalar_mix import ScalarMix, build_mix
 from elmo_dist.train.metrics import MetricsLogger, log, setup_logging
 
 
-class LayerSource:
-    """[B, L+1, T, D] layers and masks for batches of documents: from a cache, or the live biLM.
+class LiveLayers:
+    """[B, L+1, T, D] layers and masks computed by the biLM for each batch (a trainable biLM, or
+    `bilm.cache=false`); `LayerCache` serves the same batches from disk."""
 
-    The cache is one padded float16 tensor per split, [N, L+1, longest, D], so a batch is a single
-    gather rather than a copy per document.
-    """
-
-    def __init__(self, embedder: Embedder, docs: list[list[str]], cache: bool, batch_size: int,
-                 trainable: bool = False):
+    def __init__(self, embedder: Embedder, docs: list[list[str]], trainable: bool = False):
         self.embedder, self.docs, self.trainable = embedder, docs, trainable
-        self.lengths = torch.tensor([len(d) for d in docs])
-        self.cached: torch.Tensor | None = None
-        if cache:
-            self._fill_cache(batch_size)
 
-    @torch.no_grad()
-    def _fill_cache(self, batch_size: int) -> None:
-        from tqdm import tqdm
-
-        e, docs = self.embedder, self.docs
-        self.cached = torch.zeros(len(docs), e.n_layers, int(self.lengths.max()), e.dim, dtype=torch.float16)
-        order = sorted(range(len(docs)), key=lambda i: len(docs[i]))  # similar lengths, less padding
-        for start in tqdm(range(0, len(order), batch_size), desc="biLM layers", unit="batch", disable=None):
-            idx = order[start : start + batch_size]
-            layers, _ = e.layers([docs[i] for i in idx])
-            self.cached[idx, :, : layers.shape[2]] = layers.to(torch.float16).cpu()
+    def __len__(self) -> int:
+        return len(self.docs)
 
     def batch(self, idx: list[int], device) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.cached is None:
-            with torch.set_grad_enabled(self.trainable and torch.is_grad_enabled()):
-                return self.embedder.layers([self.docs[i] for i in idx])
-        lengths = self.lengths[idx]
-        longest = int(lengths.max())
-        layers = self.cached[idx, :, :longest].to(device, torch.float32)
-        mask = torch.arange(longest)[None, :] < lengths[:, None]
-        return layers, mask.to(device)
+        with torch.set_grad_enabled(self.trainable and torch.is_grad_enabled()):
+            return self.embedder.layers([self.docs[i] for i in idx])
 
 
 def _mix_weights(clf: TextClassifier) -> tuple[list[float] | None, float | None]:
@@ -197,9 +177,39 @@ class VariantRun:
         return summary
 
 
-def _tokenized(splits: Splits, embedder: Embedder, max_tokens: int) -> dict[str, list[list[str]]]:
-    return {name: [embedder.tokenize(ex.text)[:max_tokens] or ["<UNK>"] for ex in getattr(splits, name)]
-            for name in ("train", "valid", "test")}
+def _doc_tokens(embedder: Embedder, max_tokens: int) -> Callable[[str], list[str]]:
+    """A document's tokens as the biLM reads them: the run's tokenizer, cut to max_tokens."""
+    return lambda text: embedder.tokenize(text)[:max_tokens] or ["<UNK>"]
+
+
+def _cache_root(cfg: FinetuneConfig, embedder: Embedder, run_dir: Path) -> Path:
+    if cfg.bilm.cache_dir:
+        return Path(cfg.bilm.cache_dir)
+    beside = (embedder.home or run_dir) / "layer_cache"
+    try:
+        beside.mkdir(parents=True, exist_ok=True)
+        if os.access(beside, os.W_OK):
+            return beside
+    except OSError:
+        pass
+    log.warning("%s is not writable; the layer cache goes to %s", beside, run_dir / "layer_cache")
+    return run_dir / "layer_cache"
+
+
+def layer_sources(cfg: FinetuneConfig, embedder: Embedder, splits: Splits, run_dir: Path) -> dict:
+    """Per split, where the classifier's batches of layers come from: the on-disk cache of a frozen
+    biLM (built on first use), or the live biLM."""
+    tokens = _doc_tokens(embedder, cfg.data.max_tokens)
+    texts = {s: [ex.text for ex in getattr(splits, s)] for s in ("train", "valid", "test")}
+    if cfg.bilm.trainable or not cfg.bilm.cache:
+        return {s: LiveLayers(embedder, [tokens(t) for t in texts[s]], cfg.bilm.trainable) for s in texts}
+    root, weights = _cache_root(cfg, embedder, run_dir), weights_digest(embedder.model)
+    t0 = time.perf_counter()
+    sources = {s: open_or_build(embedder, texts[s], lambda i, s=s: tokens(texts[s][i]), cfg.data.max_tokens, root,
+                                cfg.bilm.batch_size, weights, log=log.info) for s in texts}
+    log.info("layer caches of %s documents ready in %.1f s under %s",
+             f"{sum(map(len, texts.values())):,}", time.perf_counter() - t0, root)
+    return sources
 
 
 def finetune(cfg: FinetuneConfig) -> dict:
@@ -216,12 +226,7 @@ def finetune(cfg: FinetuneConfig) -> dict:
     y = {s: np.array([index[ex.label] for ex in getattr(splits, s)]) for s in ("train", "valid", "test")}
     log.info("data: %d train / %d valid / %d test documents, %d classes; skipped %s", len(y["train"]),
              len(y["valid"]), len(y["test"]), len(splits.labels), splits.skipped or "nothing")
-    docs = _tokenized(splits, embedder, d.max_tokens)
-    cache = cfg.bilm.cache and not cfg.bilm.trainable
-    t0 = time.perf_counter()
-    sources = {s: LayerSource(embedder, docs[s], cache, cfg.bilm.batch_size) for s in docs}
-    if cache:
-        log.info("cached biLM layers of %d documents in %.1f s", sum(map(len, docs.values())), time.perf_counter() - t0)
+    sources = layer_sources(cfg, embedder, splits, run_dir)
     rows, results = [], {}
     for variant in cfg.variants or [cfg.classifier.variant]:
         # one job per variant (a Slurm array) gives each its own run_dir: no sub-folder then
@@ -230,7 +235,7 @@ def finetune(cfg: FinetuneConfig) -> dict:
         (out / "labels.json").write_text(json.dumps(splits.labels, indent=1))
         if cfg.bilm.trainable:  # every variant starts from the pretrained biLM
             embedder = Embedder.from_run(cfg.bilm.path, cfg.train.device, cfg.bilm.sentence_boundaries)
-            sources = {s: LayerSource(embedder, docs[s], False, cfg.bilm.batch_size, trainable=True) for s in docs}
+            sources = layer_sources(cfg, embedder, splits, run_dir)
         run = VariantRun(variant, cfg, embedder, sources, y, splits.labels, out)
         summary = run.evaluate(run.fit())
         results[variant] = summary

@@ -28,7 +28,12 @@ class BilmSection:
     lr: float = 1e-4
     """Learning rate of the biLM when bilm.trainable is true."""
     cache: bool = True
-    """With a frozen biLM, compute every document's layers once and reuse them for all epochs and variants."""
+    """With a frozen biLM, compute every document's layers once, on disk (float16, each document at its
+    own length, memory-mapped), and reuse them for all epochs, variants and later runs with the same
+    biLM weights, documents, tokenizer and data.max_tokens."""
+    cache_dir: str = ""
+    """Where layer caches live, one sub-directory per content key; "" = BILM/layer_cache beside the biLM
+    (so every fine-tuning of it shares them), or RUN_DIR/layer_cache when that is not writable."""
     batch_size: int = 16
     """Documents per biLM forward pass when computing the layers."""
     sentence_boundaries: bool = True

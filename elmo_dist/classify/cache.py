@@ -1,0 +1,176 @@
+"""The layer cache: every document's biLM layers, computed once, kept on disk, shared by every
+variant, epoch and later run on the same biLM weights, documents and settings.
+
+    cache = open_or_build(embedder, texts, max_tokens, cache_root, batch_size)
+    layers, mask = cache.batch([3, 17, 42], device)      # [B, L+1, T, D] float32, [B, T]
+
+Layout of one cache, `CACHE_ROOT/<key>/`:
+- `layers-RRRRR.f16`: float16 `[tokens, L+1, D]`, the documents one after another, each at its own
+  length (ragged: no padding to the longest document), read through a memory map;
+- `offsets-RRRRR.npy`: int64 `[n + 1]`, where each document of that shard starts;
+- `meta.json`, written last: the key's inputs, the shapes and the shards. A directory without it
+  is incomplete and never read.
+
+A shard per process (R = its rank): in multi-process fine-tuning each process fills the cache for
+its own contiguous share of the documents, and every process reads all shards.
+
+The key is the sha256 of everything the layers depend on: the biLM's weights, the sentence
+convention, the tokenizer, `max_tokens` and every document's text, so a changed input makes a new
+cache and an unchanged one is found again. Memory while filling is one chunk of documents (about
+64 MiB of layers); while training, one batch; the page cache holds the rest, and pages of a map
+are not the process's anonymous memory.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+from elmo_dist.embedder import Embedder
+
+CACHE_FORMAT = 1
+META = "meta.json"
+CHUNK_BYTES = 64 << 20  # layers held in memory while filling, before they go to disk
+
+
+def weights_digest(model: torch.nn.Module) -> str:
+    """sha256 of a model's state dict (names, dtypes, shapes and values)."""
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def cache_key(embedder: Embedder, texts: Sequence[str], max_tokens: int, weights: str) -> str:
+    """The content key of one split's cache (see the module docstring)."""
+    h = hashlib.sha256()
+    settings = {"format": CACHE_FORMAT, "weights": weights, "sentence_boundaries": embedder.sentence_boundaries,
+                "tokenizer": embedder.tokenizer_options, "max_tokens": max_tokens}
+    h.update(json.dumps(settings, sort_keys=True).encode())
+    for text in texts:
+        h.update(text.encode("utf-8", "surrogatepass"))
+        h.update(b"\x00")
+    return h.hexdigest()[:32]
+
+
+class LayerCache:
+    """A complete cache directory, memory-mapped: `batch(idx)` gathers documents into a padded batch."""
+
+    def __init__(self, directory: Path):
+        self.dir = Path(directory)
+        self.meta = json.loads((self.dir / META).read_text())
+        self.n_layers, self.dim = self.meta["n_layers"], self.meta["dim"]
+        self.shards, starts, lengths = [], [], []
+        for shard in self.meta["shards"]:
+            offsets = np.load(self.dir / shard["offsets"])
+            tokens = int(offsets[-1])
+            data = np.memmap(self.dir / shard["layers"], dtype=np.float16, mode="r",
+                             shape=(tokens, self.n_layers, self.dim)) if tokens else None
+            self.shards.append(data)
+            starts.append(np.stack([np.full(len(offsets) - 1, len(self.shards) - 1), offsets[:-1]], axis=1))
+            lengths.append(np.diff(offsets))
+        self.where = np.concatenate(starts)  # document -> (shard, first token), int64 [n, 2]
+        self.lengths = np.concatenate(lengths)
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def batch(self, idx: Sequence[int], device) -> tuple[torch.Tensor, torch.Tensor]:
+        """[B, L+1, T, D] float32 layers (zero past each document's end) and a [B, T] mask, T the
+        longest of these documents."""
+        lengths = self.lengths[list(idx)]
+        longest = int(lengths.max())
+        out = np.zeros((len(idx), longest, self.n_layers, self.dim), dtype=np.float16)
+        for b, i in enumerate(idx):
+            shard, start = self.where[i]
+            out[b, : lengths[b]] = self.shards[shard][start : start + lengths[b]]
+        layers = torch.from_numpy(out).to(device).permute(0, 2, 1, 3).float()
+        mask = torch.arange(longest)[None, :] < torch.from_numpy(lengths)[:, None]
+        return layers, mask.to(device)
+
+
+@torch.no_grad()
+def fill_shard(embedder: Embedder, tokens: Callable[[int], list[str]], doc_ids: range, directory: Path,
+               rank: int, batch_size: int, progress: bool = True) -> dict:
+    """Compute and write the layers of documents `doc_ids` (in order) as shard `rank` of `directory`.
+
+    Documents go through the biLM a chunk at a time, sorted by length inside the chunk so that a
+    batch holds similar lengths (less padding), then are appended to the shard in document order.
+    """
+    from tqdm import tqdm
+
+    per_token = embedder.n_layers * embedder.dim * 2
+    names = {"layers": f"layers-{rank:05d}.f16", "offsets": f"offsets-{rank:05d}.npy"}
+    offsets = np.zeros(len(doc_ids) + 1, dtype=np.int64)
+    bar = tqdm(total=len(doc_ids), desc="biLM layers", unit="doc", disable=None if progress else True)
+    with open(directory / names["layers"], "wb") as f:
+        i = 0
+        while i < len(doc_ids):
+            chunk, size = [], 0
+            while i < len(doc_ids) and (not chunk or size < CHUNK_BYTES):
+                chunk.append(tokens(doc_ids[i]))
+                size += len(chunk[-1]) * per_token
+                i += 1
+            for arr in _chunk_layers(embedder, chunk, batch_size):
+                f.write(arr.tobytes())
+            first = i - len(chunk)
+            offsets[first + 1 : i + 1] = offsets[first] + np.cumsum([len(t) for t in chunk])
+            bar.update(len(chunk))
+    bar.close()
+    np.save(directory / names["offsets"], offsets)
+    return {**names, "first_doc": doc_ids.start, "docs": len(doc_ids)}
+
+
+def _chunk_layers(embedder: Embedder, chunk: list[list[str]], batch_size: int) -> list[np.ndarray]:
+    """Each document's layers as float16 [n, L+1, D], in chunk order."""
+    out: list[np.ndarray | None] = [None] * len(chunk)
+    order = sorted(range(len(chunk)), key=lambda j: len(chunk[j]))
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        layers, _ = embedder.layers([chunk[j] for j in idx])
+        arr = layers.to(torch.float16).permute(0, 2, 1, 3).cpu().numpy()  # [B, T, L+1, D]
+        for b, j in enumerate(idx):
+            out[j] = arr[b, : len(chunk[j])]
+    return out
+
+
+def shard_range(n_docs: int, rank: int, world_size: int) -> range:
+    """The contiguous share of documents that process `rank` fills."""
+    return range(n_docs * rank // world_size, n_docs * (rank + 1) // world_size)
+
+
+def finish(directory: Path, final: Path, key: str, shards: list[dict], embedder: Embedder, n_docs: int) -> Path:
+    """Write meta.json last and move the cache into place; if another run got there first, use theirs."""
+    meta = {"format": CACHE_FORMAT, "key": key, "n_docs": n_docs, "n_layers": embedder.n_layers,
+            "dim": embedder.dim, "dtype": "float16", "shards": sorted(shards, key=lambda s: s["first_doc"])}
+    (directory / META).write_text(json.dumps(meta, indent=1))
+    try:
+        os.replace(directory, final)
+    except OSError:  # the same cache was finished by another job meanwhile
+        shutil.rmtree(directory, ignore_errors=True)
+    return final
+
+
+def open_or_build(embedder: Embedder, texts: Sequence[str], tokens: Callable[[int], list[str]], max_tokens: int,
+                  root: Path, batch_size: int, weights: str, log=None) -> LayerCache:
+    """One process: the complete cache for these documents, from disk if it exists, else built now."""
+    key = cache_key(embedder, texts, max_tokens, weights)
+    final = Path(root) / key
+    if (final / META).is_file():
+        if log:
+            log(f"reusing the layer cache {final} ({len(texts):,} documents)")
+        return LayerCache(final)
+    if final.exists():  # a cache only ever appears complete (renamed into place): this one was damaged
+        shutil.rmtree(final)
+    partial = Path(root) / f"{key}.partial-{os.getpid()}"
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    shard = fill_shard(embedder, tokens, range(len(texts)), partial, 0, batch_size)
+    return LayerCache(finish(partial, final, key, [shard], embedder, len(texts)))

@@ -1,0 +1,76 @@
+"""The on-disk layer cache: the same layers as the live biLM, stored ragged, found again for the
+same inputs, and rebuilt when anything it depends on changes."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from elmo_dist.classify.cache import META, LayerCache, open_or_build, weights_digest
+from elmo_dist.embedder import Embedder
+
+from conftest import write_grammar_corpus
+
+
+@pytest.fixture(scope="module")
+def texts(tmp_path_factory):
+    path = write_grammar_corpus(tmp_path_factory.mktemp("texts") / "t.txt", 60, seed=3)
+    lines = path.read_text().splitlines()
+    # documents of very different lengths, one far longer than the rest
+    return lines[:20] + [" ".join(lines[20:40])] + lines[40:]
+
+
+def build(embedder, texts, root, max_tokens=50, logs=None):
+    tokens = lambda i: embedder.tokenize(texts[i])[:max_tokens]  # noqa: E731
+    return open_or_build(embedder, texts, tokens, max_tokens, root, batch_size=7,
+                         weights=weights_digest(embedder.model), log=(logs.append if logs is not None else None))
+
+
+def test_the_cache_holds_what_the_live_biLM_gives(tiny_bilm, texts, tmp_path):
+    elmo = Embedder.from_run(tiny_bilm, "cpu")
+    cache = build(elmo, texts, tmp_path)
+    idx = [20, 3, 0, 40]
+    got, mask = cache.batch(idx, "cpu")
+    want, want_mask = elmo.layers([elmo.tokenize(texts[i])[:50] for i in idx])
+    assert torch.equal(mask, want_mask) and got.shape == want.shape
+    torch.testing.assert_close(got, want, rtol=1e-3, atol=1e-4)  # float16 rounding, nothing else
+
+
+def test_documents_are_stored_at_their_own_length(tiny_bilm, texts, tmp_path):
+    elmo = Embedder.from_run(tiny_bilm, "cpu")
+    cache = build(elmo, texts, tmp_path, max_tokens=1000)
+    n_tokens = sum(len(elmo.tokenize(t)) for t in texts)
+    (layers,) = cache.dir.glob("layers-*.f16")
+    assert layers.stat().st_size == n_tokens * elmo.n_layers * elmo.dim * 2  # no padding to the longest
+    assert max(cache.lengths) > 10 * min(cache.lengths)
+
+
+def test_the_same_inputs_find_the_cache_and_a_change_makes_a_new_one(tiny_bilm, texts, tmp_path):
+    elmo = Embedder.from_run(tiny_bilm, "cpu")
+    logs: list[str] = []
+    first = build(elmo, texts, tmp_path, logs=logs)
+    stamp = next(first.dir.glob("layers-*")).stat().st_mtime_ns
+    again = build(elmo, texts, tmp_path, logs=logs)
+    assert again.dir == first.dir and next(again.dir.glob("layers-*")).stat().st_mtime_ns == stamp
+    assert any("reusing the layer cache" in line for line in logs)
+    changed = [build(elmo, texts[:-1] + [texts[-1] + " again"], tmp_path).dir,
+               build(elmo, texts, tmp_path, max_tokens=5).dir,
+               build(Embedder.from_run(tiny_bilm, "cpu", sentence_boundaries=False), texts, tmp_path).dir]
+    other_weights = Embedder.from_run(tiny_bilm, "cpu")
+    with torch.no_grad():
+        next(other_weights.model.parameters()).add_(1e-3)
+    changed.append(build(other_weights, texts, tmp_path).dir)
+    assert len({first.dir, *changed}) == 5
+
+
+def test_an_incomplete_cache_is_never_read(tiny_bilm, texts, tmp_path):
+    elmo = Embedder.from_run(tiny_bilm, "cpu")
+    first = build(elmo, texts, tmp_path)
+    meta = json.loads((first.dir / META).read_text())
+    (first.dir / META).unlink()  # as if the filling process had been killed before the end
+    (next(first.dir.glob("layers-*"))).write_bytes(b"")
+    rebuilt = build(elmo, texts, tmp_path)
+    assert json.loads((rebuilt.dir / META).read_text()) == meta
+    assert np.array_equal(LayerCache(rebuilt.dir).lengths, first.lengths)
