@@ -96,8 +96,8 @@ class FinetuneJob(submitit.helpers.Checkpointable):
         self.tree = tree
 
     def __call__(self) -> dict:
-        from elmo_dist.config import FinetuneConfig, validate_finetune
         from elmo_dist.classify.finetune import finetune
+        from elmo_dist.config import FinetuneConfig, validate_finetune
 
         cfg = configlib.build(FinetuneConfig, [self.tree], "submitted config")
         validate_finetune(cfg)
@@ -219,7 +219,8 @@ def wait(jobs: dict) -> list[str]:
         for job in value if isinstance(value, list) else [value]:
             res = result(job)
             if kind == "pretrain":
-                lines.append(f"pretrain  {job.job_id}: {res['steps']} steps, held-out ppl {res.get('val_ppl', float('nan')):.2f}")
+                ppl = res.get("val_ppl", float("nan"))
+                lines.append(f"pretrain  {job.job_id}: {res['steps']} steps, held-out ppl {ppl:.2f}")
             else:
                 (variant, r), = res["variants"].items()
                 lines.append(f"finetune  {job.job_id}: {variant} test accuracy {r['test']['accuracy']:.4f}")

@@ -28,8 +28,8 @@ def test_cli_submit_pipeline_on_the_debug_executor(tmp_path, grammar_corpus):
     proc = run_cli("submit", "pipeline", str(REPO / "configs/debug.yaml"),
                    *pretrain_overrides(tmp_path / "pre", grammar_corpus), "--slurm.cluster=debug",
                    "--finetune", str(REPO / "configs/finetune.yaml"), "--ft", f"data.train={tmp_path / 'train.jsonl'}",
-                   "--ft", f"train.run_dir={tmp_path / 'ft'}", "--ft", "variants=[frozen,top]", "--ft", "train.epochs=2",
-                   "--ft", "train.device=cpu", "--ft", "slurm.cluster=debug", "--wait")
+                   "--ft", f"train.run_dir={tmp_path / 'ft'}", "--ft", "variants=[frozen,top]",
+                   "--ft", "train.epochs=2", "--ft", "train.device=cpu", "--ft", "slurm.cluster=debug", "--wait")
     out = proc.stdout
     assert f"run {tmp_path / 'pre'}" in out and f"run {tmp_path / 'ft' / 'frozen'}" in out
     assert "watch: tensorboard --logdir" in out
@@ -60,7 +60,8 @@ def test_bad_slurm_key_fails_before_anything_is_queued(tmp_path, grammar_corpus)
 
 def _start_pretrain(tmp_path, grammar_corpus, *extra, env=None):
     cmd = [sys.executable, "-m", "elmo_dist", "pretrain", str(REPO / "configs/debug.yaml"),
-           *pretrain_overrides(tmp_path / "run", grammar_corpus, "train.max_steps=100000", "logging.log_every=5"), *extra]
+           *pretrain_overrides(tmp_path / "run", grammar_corpus, "train.max_steps=100000", "logging.log_every=5"),
+           *extra]
     return subprocess.Popen(cmd, env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", **(env or {})},
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
@@ -121,11 +122,12 @@ def _children(pid: int) -> list[int]:
     return out
 
 
-def _wait_in_file(path: Path, text: str, timeout: float = 120) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
+def _wait_in_log(job, text: str, timeout: float = 120) -> Path:
+    """Rank 0's stderr (the trainer logs there; a requeued attempt appends) once it shows `text`."""
+    path, deadline = Path(job.paths.stderr), time.time() + timeout
+    while time.time() < deadline and not job.done():
         if path.exists() and text in path.read_text(errors="replace"):
-            return
+            return path
         time.sleep(0.2)
     raise AssertionError(f"'{text}' never appeared in {path}:\n" + (path.read_text() if path.exists() else ""))
 
@@ -141,25 +143,24 @@ def test_preempted_local_job_checkpoints_requeues_and_resumes(tmp_path, grammar_
         monkeypatch.setenv("SUBMITIT_PREEMPT_SIGNAL", preempt_signal)
     sig = signal.Signals["SIG" + (preempt_signal or "USR2")]
     job = submit_pretrain(str(REPO / "configs/debug.yaml"),
-                          pretrain_overrides(tmp_path / "run", grammar_corpus, "train.max_steps=300",
+                          pretrain_overrides(tmp_path / "run", grammar_corpus, "train.max_steps=120",
                                              "logging.log_every=5"),
                           ["cluster=local", f"tasks_per_node={tasks}", "cpus_per_task=1"])
-    log = Path(job.paths.stderr)  # rank 0's; the trainer logs to stderr, both attempts append to it
-    _wait_in_file(log, "step 10/")
+    log = _wait_in_log(job, "step 10/")
     ranks = _children(int(job.job_id))
     assert len(ranks) == tasks
     for pid in ranks:  # as Slurm does: every task gets the signal
         os.kill(pid, sig)
     summary = result(job)
     text = log.read_text()
-    assert summary["finished"] and summary["steps"] == 300 and summary["processes"] == tasks, text
+    assert summary["finished"] and summary["steps"] == 120 and summary["processes"] == tasks, text
     # the first attempt stopped at a step boundary and saved; the requeued one resumed from that save
     assert "(requeue signal): saving a checkpoint" in text, text
     step = int(text.split("stopping at step ")[1].split(" ")[0])
-    assert 10 <= step < 300
+    assert 10 <= step < 120
     assert (tmp_path / "run" / "checkpoints" / f"step-{step}" / "COMPLETE").exists()
     assert f"step-{step} at step {step}" in text, text  # "resumed from .../step-N at step N"
-    assert f"training steps {step} -> 300" in text, text
+    assert f"training steps {step} -> 120" in text, text
 
 
 SUBMIT_PY = REPO / "elmo_dist" / "launch" / "submit.py"
@@ -182,9 +183,9 @@ def _private_submitit_uses(source: str) -> list[str]:
                 root = root.func if isinstance(root, ast.Call) else root.value
             if isinstance(root, ast.Name) and root.id in aliases:
                 found.append(f"line {node.lineno}: .{node.attr} on submitit")
-        if isinstance(node, ast.Constant) and node.value == "SignalHandler" or \
-                isinstance(node, (ast.Attribute, ast.Name)) and "SignalHandler" in (getattr(node, "attr", None),
-                                                                                   getattr(node, "id", None)):
+        # a name, attribute or string such as `type(handler).__name__ == "SignalHandler"`
+        named = (getattr(node, "id", None), getattr(node, "attr", None), getattr(node, "value", None))
+        if isinstance(node, (ast.Name, ast.Attribute, ast.Constant)) and "SignalHandler" in named:
             found.append(f"line {node.lineno}: names submitit's SignalHandler")
     return found
 
