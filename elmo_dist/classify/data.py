@@ -6,7 +6,9 @@ Every reader yields (source, text, label); `read_examples` collapses whitespace 
 and counts (rather than rejects) documents whose text is empty, because big scraped sets often
 hold a few and one bad row should not stop a run. Everything else that is wrong with the input is
 one `DataError` starting `path:line:` (1-based; for a folder-per-class document, just its path).
-Files are decoded line by line, so bad UTF-8 is reported on the line that holds it.
+Files are decoded line by line (`TextLines`: only "\\n" ends a line, so form feeds, U+0085 and
+U+2028 inside a text do not shift line numbers), so bad UTF-8 is reported on the line that holds
+it. A byte-order mark at the start of a file is dropped and counted in `skipped`.
 
 Missing test/valid sets are split off the training set with scikit-learn's stratified
 `train_test_split` (test first, then valid from the rest); each split keeps file order.
@@ -21,11 +23,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
+from elmo_dist.data.reader import TextLines
 from elmo_dist.errors import DataError
 
 FORMATS = ("auto", "agnews", "csv", "tsv", "jsonl", "folders")
 AGNEWS_LABELS = ("World", "Sports", "Business", "Sci/Tech")  # class index 1..4
 EMPTY_TEXT = "empty_text"
+BOM_DROPPED = "byte_order_mark"
 # the csv default (128 KiB) is smaller than some long articles; a runaway unclosed quote still ends
 # at the end of the file and then fails the field-count check, naming the line it started on
 _FIELD_LIMIT = 1 << 26
@@ -79,12 +83,12 @@ def detect_format(path: str | Path) -> str:
 
 def _looks_like_agnews(path: Path) -> bool:
     # sniffing only: bad bytes are reported, with their line, by the real read that follows
-    with open(path, encoding="utf-8", errors="replace", newline="") as f:
+    with open(path, encoding="utf-8-sig", errors="replace", newline="") as f:  # -sig: a BOM is no text
         first = next(csv.reader(f), None)
     if not first or len(first) != 3:
         return False
     try:
-        int(first[0].lstrip("\ufeff"))
+        int(first[0])
     except ValueError:
         return False
     return True
@@ -107,7 +111,7 @@ def read_examples(path: str | Path, fmt: str = "auto", text_fields: Sequence[str
         raise DataError("text_fields is empty: name at least one text column or field")
     counts = skipped if skipped is not None else {}
     before = counts.get(EMPTY_TEXT, 0)
-    examples = list(_examples(_rows(p, fmt, fields, label_field), counts))
+    examples = list(_examples(_rows(p, fmt, fields, label_field, counts), counts))
     if not examples:
         n = counts.get(EMPTY_TEXT, 0) - before
         why = f" ({n} with empty text skipped)" if n else ""
@@ -116,14 +120,15 @@ def read_examples(path: str | Path, fmt: str = "auto", text_fields: Sequence[str
     return examples
 
 
-def _rows(p: Path, fmt: str, fields: list[str], label_field: str) -> Iterator[tuple[str, str, str]]:
+def _rows(p: Path, fmt: str, fields: list[str], label_field: str, counts: dict) -> Iterator[tuple[str, str, str]]:
+    """(source, text, label) per example; byte-order marks dropped are counted in `counts`."""
     if fmt == "agnews":
-        return _read_agnews(p)
+        return _read_agnews(p, counts)
     if fmt in ("csv", "tsv"):
-        return _read_table(p, "\t" if fmt == "tsv" else ",", fields, label_field)
+        return _read_table(p, "\t" if fmt == "tsv" else ",", fields, label_field, counts)
     if fmt == "jsonl":
-        return _read_jsonl(p, fields, label_field)
-    return _read_folders(p)
+        return _read_jsonl(p, fields, label_field, counts)
+    return _read_folders(p, counts)
 
 
 def _examples(rows: Iterable[tuple[str, str, str]], skipped: dict) -> Iterator[Example]:
@@ -138,32 +143,23 @@ def _examples(rows: Iterable[tuple[str, str, str]], skipped: dict) -> Iterator[E
         yield Example(text=text, label=label, source=source)
 
 
-def _utf8_error(where: str, raw: bytes, e: UnicodeDecodeError, unit: str) -> DataError:
-    return DataError(f"{where}: not valid UTF-8 (byte 0x{raw[e.start]:02x} at {unit} {e.start + 1}); "
-                     f"re-encode the file as UTF-8, e.g. `iconv -f latin1 -t utf-8`")
+def _count_bom(lines: TextLines, counts: dict) -> None:
+    if lines.bom:
+        counts[BOM_DROPPED] = counts.get(BOM_DROPPED, 0) + 1
 
 
-def _decoded_lines(path: Path) -> Iterator[str]:
-    """The file's lines, line ends kept (csv wants them), decoded one by one so errors have a line."""
-    try:
-        with open(path, "rb") as f:
-            # bounded reads: one enormous line must not take all the memory before it is refused
-            for n, raw in enumerate(iter(lambda: f.readline(_FIELD_LIMIT + 1), b""), 1):
-                if len(raw) > _FIELD_LIMIT:
-                    raise DataError(f"{path}:{n}: line longer than {_FIELD_LIMIT >> 20} MiB; is this a text file?")
-                try:
-                    line = raw.decode("utf-8")
-                except UnicodeDecodeError as e:
-                    raise _utf8_error(f"{path}:{n}", raw, e, "byte") from None
-                yield line[1:] if n == 1 and line.startswith("\ufeff") else line  # a BOM is no text
-    except OSError as e:
-        raise DataError(f"{path}: cannot read ({e})") from None
+def _decoded_lines(path: Path, counts: dict, keep_ends: bool) -> Iterator[str]:
+    """The file's lines (line ends kept for csv, which needs them inside quoted fields), decoded one
+    by one so errors have a line; a leading BOM is dropped and counted once the file is read."""
+    lines = TextLines(path, keep_ends=keep_ends, max_line_bytes=_FIELD_LIMIT)
+    yield from lines
+    _count_bom(lines, counts)
 
 
-def _csv_records(path: Path, delimiter: str) -> Iterator[tuple[int, int, list[str]]]:
+def _csv_records(path: Path, delimiter: str, counts: dict) -> Iterator[tuple[int, int, list[str]]]:
     """(first line, last line, fields) of each record; a quoted field may span lines. Blank lines are skipped."""
     csv.field_size_limit(max(csv.field_size_limit(), _FIELD_LIMIT))
-    reader = csv.reader(_decoded_lines(path), delimiter=delimiter)
+    reader = csv.reader(_decoded_lines(path, counts, keep_ends=True), delimiter=delimiter)
     start = 1
     try:
         for row in reader:
@@ -180,9 +176,9 @@ def _field_count_error(path: Path, start: int, end: int, expected: int, row: lis
     return DataError(f"{path}:{start}: expected {expected} fields, got {len(row)}{spans}")
 
 
-def _read_agnews(path: Path) -> Iterator[tuple[str, str, str]]:
+def _read_agnews(path: Path, counts: dict) -> Iterator[tuple[str, str, str]]:
     """Headerless `"class index","title","description"` rows, class 1..4."""
-    for start, end, row in _csv_records(path, ","):
+    for start, end, row in _csv_records(path, ",", counts):
         where = f"{path}:{start}"
         if len(row) != 3:
             raise _field_count_error(path, start, end, 3, row)
@@ -197,9 +193,10 @@ def _read_agnews(path: Path) -> Iterator[tuple[str, str, str]]:
         yield where, _BACKSLASHES.sub(" ", f"{row[1]} {row[2]}"), AGNEWS_LABELS[cls - 1]
 
 
-def _read_table(path: Path, delimiter: str, fields: list[str], label_field: str) -> Iterator[tuple[str, str, str]]:
+def _read_table(path: Path, delimiter: str, fields: list[str], label_field: str,
+                counts: dict) -> Iterator[tuple[str, str, str]]:
     """CSV/TSV with a header row; the text is the named text columns joined with a space."""
-    records = _csv_records(path, delimiter)
+    records = _csv_records(path, delimiter, counts)
     first = next(records, None)
     if first is None:
         raise DataError(f"{path}: the file is empty (expected a header row)")
@@ -220,9 +217,9 @@ def _read_table(path: Path, delimiter: str, fields: list[str], label_field: str)
         yield f"{path}:{start}", " ".join(row[i] for i in text_cols), row[label_col]
 
 
-def _read_jsonl(path: Path, fields: list[str], label_field: str) -> Iterator[tuple[str, str, str]]:
-    """One JSON object per line; blank lines are skipped."""
-    for n, line in enumerate(_decoded_lines(path), 1):
+def _read_jsonl(path: Path, fields: list[str], label_field: str, counts: dict) -> Iterator[tuple[str, str, str]]:
+    """One JSON object per line; blank lines (form feeds and other whitespace only) are skipped."""
+    for n, line in enumerate(_decoded_lines(path, counts, keep_ends=False), 1):
         if not line.strip():
             continue
         where = f"{path}:{n}"
@@ -258,21 +255,17 @@ def _json_label(value, where: str, key: str) -> str:
     return value
 
 
-def _read_folders(root: Path) -> Iterator[tuple[str, str, str]]:
+def _read_folders(root: Path, counts: dict) -> Iterator[tuple[str, str, str]]:
     """ROOT/<class>/<file>: each regular, non-hidden file is one document of that class."""
     classes = sorted((d for d in root.iterdir() if d.is_dir() and not d.name.startswith(".")), key=lambda d: d.name)
     for class_dir in classes:
         for f in sorted(class_dir.iterdir(), key=lambda f: f.name):
             if f.name.startswith(".") or not f.is_file():
                 continue
-            try:
-                raw = f.read_bytes()
-                text = raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                raise _utf8_error(str(f), raw, e, "byte offset") from None
-            except OSError as e:
-                raise DataError(f"{f}: cannot read ({e})") from None
-            yield str(f), text.lstrip("\ufeff"), class_dir.name
+            lines = TextLines(f, keep_ends=True, max_line_bytes=_FIELD_LIMIT)
+            text = "".join(lines)
+            _count_bom(lines, counts)
+            yield str(f), text, class_dir.name
 
 
 def build_splits(train: str, valid: str = "", test: str = "", fmt: str = "auto",

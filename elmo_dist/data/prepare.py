@@ -230,6 +230,7 @@ def _manifest(opts, files, heldout, vocab, train_counts, fp: FirstPass, read_sta
         "empty_lines_skipped": rs_train.empty_lines + rs_held.empty_lines,
         "lines_with_bad_utf8": rs_train.lines_with_bad_utf8 + rs_held.lines_with_bad_utf8,
         "long_lines_skipped": rs_train.long_lines + rs_held.long_lines,
+        "byte_order_marks_dropped": rs_train.boms + rs_held.boms,
         "train_tokens_over_48_bytes": truncated,
         "splits": {s: {"sentences": st.sentences, "words": st.tokens, "oov_words": st.oov_tokens,
                        "stream_tokens": st.tokens + 2 * st.sentences, "shards": shards[s]}

@@ -1,6 +1,7 @@
 """The word vocabulary, in bilm-tf's plain-text format: `<S>`, `</S>`, `<UNK>`, then words by count.
 
-The file has one token per line. Counts, when known, live beside it in `vocab.counts.npy`
+The file has one token per line (lines end at "\\n"; a "\\r" before it and a byte-order mark at
+the start of the file are dropped). Counts, when known, live beside it in `vocab.counts.npy`
 (used for the unigram baseline and the log-uniform sampler's order check).
 """
 from __future__ import annotations
@@ -10,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from elmo_dist.data.char_ids import BOS_TOKEN, EOS_TOKEN, UNK_TOKEN, char_id_table
+from elmo_dist.data.reader import TextLines
 from elmo_dist.errors import DataError
 
 SPECIALS = (BOS_TOKEN, EOS_TOKEN, UNK_TOKEN)
@@ -59,10 +61,9 @@ class Vocabulary:
         path = Path(path)
         if not path.is_file():
             raise DataError(f"{path}: vocabulary file not found")
-        try:
-            tokens = path.read_text(encoding="utf-8").splitlines()
-        except UnicodeDecodeError as e:
-            raise DataError(f"{path}: vocabulary is not UTF-8 ({e.reason} at byte {e.start})") from None
+        # lines end at "\n" only, so a stray form feed or U+2028 is a bad token on its own line, not
+        # two tokens that shift every later id; a leading byte-order mark is dropped
+        tokens = list(TextLines(path))
         for i, want in enumerate(SPECIALS):
             if i >= len(tokens) or tokens[i] != want:
                 got = tokens[i] if i < len(tokens) else "end of file"
