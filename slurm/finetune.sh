@@ -1,5 +1,6 @@
 #!/bin/bash
-# Fine-tune the classifier variants on a pretrained biLM: one process, one GPU (or CPU).
+# Fine-tune the classifier variants on a pretrained biLM: one process per task, data parallel across
+# the tasks (one per GPU), the same result as one process with the same train.batch_size.
 #
 #   sbatch slurm/finetune.sh configs/finetune.yaml bilm.path=runs/small data.train=data/agnews/train.csv
 #
@@ -39,5 +40,9 @@ if [ -n "${SLURM_ARRAY_TASK_ID:-}" ]; then
     variant=(--variant "${SLURM_ARRAY_TASK_ID}")
 fi
 echo "elmo-dist: job ${SLURM_JOB_ID} on ${SLURM_JOB_NODELIST}${SLURM_ARRAY_TASK_ID:+, array task ${SLURM_ARRAY_TASK_ID}}"
+# one thread pool per task, sized to its CPUs (left alone, each process would claim every core)
+export OMP_NUM_THREADS="${OMP_NUM_THREADS:-${SLURM_CPUS_PER_TASK:-1}}"
+# srun starts one `elmo-dist finetune` per task; each takes its rank from SLURM_PROCID and forms the
+# process group with the others (rendezvous on the first node, a port from the job id)
 read -r -a cli <<< "${ELMO_DIST:-elmo-dist}"
-exec "${cli[@]}" finetune "$@" "${variant[@]}"
+exec srun --kill-on-bad-exit=1 "${cli[@]}" finetune "$@" "${variant[@]}"

@@ -32,6 +32,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
+from elmo_dist.classify.group import Group
 from elmo_dist.embedder import Embedder
 
 CACHE_FORMAT = 1
@@ -141,11 +142,6 @@ def _chunk_layers(embedder: Embedder, chunk: list[list[str]], batch_size: int) -
     return out
 
 
-def shard_range(n_docs: int, rank: int, world_size: int) -> range:
-    """The contiguous share of documents that process `rank` fills."""
-    return range(n_docs * rank // world_size, n_docs * (rank + 1) // world_size)
-
-
 def finish(directory: Path, final: Path, key: str, shards: list[dict], embedder: Embedder, n_docs: int) -> Path:
     """Write meta.json last and move the cache into place; if another run got there first, use theirs."""
     meta = {"format": CACHE_FORMAT, "key": key, "n_docs": n_docs, "n_layers": embedder.n_layers,
@@ -159,18 +155,27 @@ def finish(directory: Path, final: Path, key: str, shards: list[dict], embedder:
 
 
 def open_or_build(embedder: Embedder, texts: Sequence[str], tokens: Callable[[int], list[str]], max_tokens: int,
-                  root: Path, batch_size: int, weights: str, log=None) -> LayerCache:
-    """One process: the complete cache for these documents, from disk if it exists, else built now."""
+                  root: Path, batch_size: int, weights: str, log=None, group: Group | None = None) -> LayerCache:
+    """The complete cache for these documents, from disk if it exists, else built now: with several
+    processes each fills the shard of its own share of the documents (the main one decides and
+    finishes)."""
+    group = group or Group()
     key = cache_key(embedder, texts, max_tokens, weights)
     final = Path(root) / key
-    if (final / META).is_file():
+    if group.broadcast((final / META).is_file()):
         if log:
             log(f"reusing the layer cache {final} ({len(texts):,} documents)")
         return LayerCache(final)
-    if final.exists():  # a cache only ever appears complete (renamed into place): this one was damaged
-        shutil.rmtree(final)
-    partial = Path(root) / f"{key}.partial-{os.getpid()}"
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True)
-    shard = fill_shard(embedder, tokens, range(len(texts)), partial, 0, batch_size)
-    return LayerCache(finish(partial, final, key, [shard], embedder, len(texts)))
+    partial = Path(root) / group.broadcast(f"{key}.partial-{os.getpid()}")
+    if group.is_main:
+        if final.exists():  # a cache only ever appears complete (renamed into place): this one was damaged
+            shutil.rmtree(final)
+        shutil.rmtree(partial, ignore_errors=True)
+        partial.mkdir(parents=True)
+    group.barrier()
+    shard = fill_shard(embedder, tokens, group.share(len(texts)), partial, group.rank, batch_size, group.is_main)
+    shards = group.gather(shard)
+    if group.is_main:
+        finish(partial, final, key, shards, embedder, len(texts))
+    group.barrier()
+    return LayerCache(final)

@@ -3,12 +3,17 @@
     elmo-dist finetune configs/finetune.yaml bilm.path=runs/demo/pretrain data.train=news.csv \
         "variants=[frozen,scalar_mix,learned_fn,top]"
 
+    torchrun --nproc_per_node 4 -m elmo_dist finetune configs/finetune.yaml ...   # data parallel
+
 Each of `variants` trains in RUN_DIR/<variant>/ (with `variants: []`, the one `classifier.variant`
-trains in RUN_DIR itself) (best checkpoint, metrics.json, report.txt, confusion
-matrix and training-curve PNGs, TensorBoard events), then a comparison table with a TF-IDF +
-logistic-regression baseline on the same split is printed and written to RUN_DIR/summary.json.
-With a frozen biLM (the default) every document's layers are computed once and shared by all
-epochs and variants; with `bilm.trainable=true` they are recomputed with gradients every batch.
+trains in RUN_DIR itself; with several `train.seeds`, in .../seed-<s>/): best weights, metrics.json,
+report.txt, confusion matrix and training-curve PNGs, TensorBoard events. Then a comparison table
+(mean ± std over the seeds) with a TF-IDF + logistic-regression baseline on the same split is
+printed and written to RUN_DIR/summary.json and comparison.txt. With a frozen biLM (the default)
+every document's layers are computed once into the on-disk cache (elmo_dist.classify.cache) and
+shared by all epochs, variants and seeds; with `bilm.trainable=true` they are recomputed with
+gradients every batch. Several processes split the documents and agree on every step
+(elmo_dist.classify.variant); only the main process writes.
 """
 from __future__ import annotations
 
@@ -20,18 +25,16 @@ from typing import Callable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
 
 from elmo_dist import configlib
 from elmo_dist.classify import report
 from elmo_dist.classify.cache import open_or_build, weights_digest
 from elmo_dist.classify.data import Splits, build_splits, label_index
+from elmo_dist.classify.group import Group
+from elmo_dist.classify.variant import VariantRun
 from elmo_dist.config import FinetuneConfig
 from elmo_dist.embedder import Embedder
-from elmo_dist.model.classifier import TextClassifier
-from elmo_dist.model.scalar_mix import ScalarMix, build_mix
-from elmo_dist.train.metrics import MetricsLogger, log, setup_logging
+from elmo_dist.train.metrics import log, setup_logging
 
 
 class LiveLayers:
@@ -47,134 +50,6 @@ class LiveLayers:
     def batch(self, idx: list[int], device) -> tuple[torch.Tensor, torch.Tensor]:
         with torch.set_grad_enabled(self.trainable and torch.is_grad_enabled()):
             return self.embedder.layers([self.docs[i] for i in idx])
-
-
-def _mix_weights(clf: TextClassifier) -> tuple[list[float] | None, float | None]:
-    if isinstance(clf.mix, ScalarMix):
-        return [round(w, 4) for w in clf.mix.normalized_weights().tolist()], round(float(clf.mix.gamma.detach()), 4)
-    return None, None
-
-
-class VariantRun:
-    """Train, early-stop and report one layer-combination variant."""
-
-    def __init__(self, variant: str, cfg: FinetuneConfig, embedder: Embedder, sources: dict, labels: np.ndarray,
-                 label_names: list[str], out_dir: Path):
-        self.variant, self.cfg, self.embedder = variant, cfg, embedder
-        self.sources, self.y, self.label_names, self.out = sources, labels, label_names, out_dir
-        c = cfg.classifier
-        torch.manual_seed(cfg.train.seed)
-        mix = build_mix(variant, embedder.n_layers, embedder.dim, c.layer_norm, c.learned_fn_hidden)
-        self.clf = TextClassifier(mix, embedder.dim, len(label_names), c.encoder, c.pooling, c.hidden_dim,
-                                  c.dropout, c.bilstm_dim, c.token_dim).to(embedder.device)
-        groups = [{"params": [p for p in self.clf.parameters() if p.requires_grad], "lr": cfg.optim.lr}]
-        if cfg.bilm.trainable:
-            groups.append({"params": list(embedder.model.parameters()), "lr": cfg.bilm.lr})
-        self.optimizer = torch.optim.Adam(groups, weight_decay=cfg.optim.weight_decay)
-        self.generator = torch.Generator().manual_seed(cfg.train.seed)
-        self.metrics = MetricsLogger(out_dir, True, True)
-
-    def _set_mode(self, training: bool) -> None:
-        self.clf.train(training)
-        self.embedder.model.train(training and self.cfg.bilm.trainable)
-
-    def _batches(self, split: str, shuffle: bool):
-        n = len(self.y[split])
-        order = torch.randperm(n, generator=self.generator).tolist() if shuffle else list(range(n))
-        bs = self.cfg.train.batch_size
-        for start in range(0, n, bs):
-            yield order[start : start + bs]
-
-    def train_epoch(self) -> tuple[float, float]:
-        self._set_mode(True)
-        total, correct, count = 0.0, 0, 0
-        dev = self.embedder.device
-        for idx in self._batches("train", shuffle=True):
-            layers, mask = self.sources["train"].batch(idx, dev)
-            target = torch.as_tensor(self.y["train"][idx], device=dev)
-            logits = self.clf(layers, mask)
-            loss = F.cross_entropy(logits, target)
-            if isinstance(self.clf.mix, ScalarMix) and self.cfg.classifier.mix_l2 > 0:
-                loss = loss + self.cfg.classifier.mix_l2 * self.clf.mix.weights.pow(2).sum()
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            params = [p for g in self.optimizer.param_groups for p in g["params"]]
-            torch.nn.utils.clip_grad_norm_(params, self.cfg.optim.grad_clip)
-            self.optimizer.step()
-            total += float(loss.detach()) * len(idx)
-            correct += int((logits.argmax(-1) == target).sum())
-            count += len(idx)
-        return total / count, correct / count
-
-    @torch.no_grad()
-    def predict(self, split: str) -> tuple[np.ndarray, float]:
-        self._set_mode(False)
-        preds, total = [], 0.0
-        for idx in self._batches(split, shuffle=False):
-            layers, mask = self.sources[split].batch(idx, self.embedder.device)
-            logits = self.clf(layers, mask)
-            total += float(F.cross_entropy(logits, torch.as_tensor(self.y[split][idx], device=logits.device),
-                                           reduction="sum"))
-            preds.append(logits.argmax(-1).cpu().numpy())
-        return np.concatenate(preds), total / len(self.y[split])
-
-    def _state(self) -> dict:
-        state = {f"classifier.{k}": v for k, v in self.clf.state_dict().items()}
-        if self.cfg.bilm.trainable:
-            state.update({f"bilm.{k}": v for k, v in self.embedder.model.state_dict().items()})
-        return {k: v.detach().cpu().contiguous() for k, v in state.items()}
-
-    def _load(self, state: dict) -> None:
-        self.clf.load_state_dict({k[len("classifier."):]: v for k, v in state.items() if k.startswith("classifier.")})
-        bilm = {k[len("bilm."):]: v for k, v in state.items() if k.startswith("bilm.")}
-        if bilm:
-            self.embedder.model.load_state_dict(bilm)
-
-    def fit(self) -> list[dict]:
-        history, best, bad = [], (-1.0, float("inf")), 0
-        for epoch in range(1, self.cfg.train.epochs + 1):
-            train_loss, train_acc = self.train_epoch()
-            pred, valid_loss = self.predict("valid")
-            valid_acc = float((pred == self.y["valid"]).mean())
-            history.append({"epoch": epoch, "train_loss": train_loss, "train_acc": train_acc,
-                            "valid_loss": valid_loss, "valid_acc": valid_acc})
-            weights, gamma = _mix_weights(self.clf)
-            scalars = {"train/loss": train_loss, "train/accuracy": train_acc, "valid/loss": valid_loss,
-                       "valid/accuracy": valid_acc}
-            if weights is not None:
-                scalars.update({f"mix/weight_{k}": w for k, w in enumerate(weights)}, **{"mix/gamma": gamma})
-            self.metrics.log(scalars, epoch)
-            log.info("%s epoch %d: train loss %.4f acc %.4f | valid loss %.4f acc %.4f", self.variant, epoch,
-                     train_loss, train_acc, valid_loss, valid_acc)
-            if (valid_acc, -valid_loss) > (best[0], -best[1]):
-                best, bad = (valid_acc, valid_loss), 0
-                save_file(self._state(), str(self.out / "best.safetensors"))
-            else:
-                bad += 1
-                if bad >= self.cfg.train.patience:
-                    log.info("%s: no better validation accuracy for %d epochs, stopping", self.variant, bad)
-                    break
-        self._load(load_file(str(self.out / "best.safetensors")))
-        return history
-
-    def evaluate(self, history: list[dict]) -> dict:
-        results = {}
-        for split in ("train", "test"):
-            pred, loss = self.predict(split)
-            results[split] = report.compute_metrics(self.y[split], pred, self.label_names, loss)
-        weights, gamma = _mix_weights(self.clf)
-        best_epoch = max(history, key=lambda h: (h["valid_acc"], -h["valid_loss"]))["epoch"]
-        summary = {"variant": self.variant, "best_epoch": best_epoch, "epochs_run": len(history),
-                   "layer_weights": weights, "gamma": gamma, "train": results["train"], "test": results["test"]}
-        (self.out / "metrics.json").write_text(json.dumps(summary, indent=2))
-        (self.out / "report.txt").write_text(report.format_report(results, title=self.variant))
-        report.plot_confusion(results["test"]["confusion_matrix"], self.label_names, self.out / "confusion_test.png",
-                              title=f"{self.variant}: test")
-        report.plot_curves(history, self.out / "curves.png", title=self.variant)
-        self.metrics.log({"test/accuracy": results["test"]["accuracy"], "test/f1_macro": results["test"]["f1_macro"]},
-                         best_epoch)
-        self.metrics.close()
-        return summary
 
 
 def _doc_tokens(embedder: Embedder, max_tokens: int) -> Callable[[str], list[str]]:
@@ -196,7 +71,8 @@ def _cache_root(cfg: FinetuneConfig, embedder: Embedder, run_dir: Path) -> Path:
     return run_dir / "layer_cache"
 
 
-def layer_sources(cfg: FinetuneConfig, embedder: Embedder, splits: Splits, run_dir: Path) -> dict:
+def layer_sources(cfg: FinetuneConfig, embedder: Embedder, splits: Splits, run_dir: Path,
+                  group: Group | None = None) -> dict:
     """Per split, where the classifier's batches of layers come from: the on-disk cache of a frozen
     biLM (built on first use), or the live biLM."""
     tokens = _doc_tokens(embedder, cfg.data.max_tokens)
@@ -206,59 +82,112 @@ def layer_sources(cfg: FinetuneConfig, embedder: Embedder, splits: Splits, run_d
     root, weights = _cache_root(cfg, embedder, run_dir), weights_digest(embedder.model)
     t0 = time.perf_counter()
     sources = {s: open_or_build(embedder, texts[s], lambda i, s=s: tokens(texts[s][i]), cfg.data.max_tokens, root,
-                                cfg.bilm.batch_size, weights, log=log.info) for s in texts}
+                                cfg.bilm.batch_size, weights, log=log.info, group=group) for s in texts}
     log.info("layer caches of %s documents ready in %.1f s under %s",
              f"{sum(map(len, texts.values())):,}", time.perf_counter() - t0, root)
     return sources
 
 
+def _group(cfg: FinetuneConfig) -> Group:
+    """One process, or the process group a launcher started (WORLD_SIZE > 1)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return Group()
+    from elmo_dist.train.accel import build_data_parallel
+
+    return Group(build_data_parallel(cfg.train.device, cfg.dist.backend, cfg.dist.timeout_minutes))
+
+
+def _labels(splits: Splits) -> dict[str, np.ndarray]:
+    index = label_index(splits.labels)
+    return {s: np.array([index[ex.label] for ex in getattr(splits, s)]) for s in ("train", "valid", "test")}
+
+
 def finetune(cfg: FinetuneConfig) -> dict:
-    setup_logging(True)
-    run_dir = Path(cfg.train.run_dir)
-    d = cfg.data
+    """Train every variant (x every seed), compare them with the TF-IDF baseline; the summary."""
+    group = _group(cfg)
+    setup_logging(group.is_main)
+    run_dir, d = Path(cfg.train.run_dir), cfg.data
+    device = str(group.acc.device) if group.multi else cfg.train.device
     splits = build_splits(d.train, d.valid, d.test, d.format, list(d.text_fields), d.label_field,
                           d.valid_fraction, d.test_fraction, d.split_seed)
-    embedder = Embedder.from_run(cfg.bilm.path, cfg.train.device, cfg.bilm.sentence_boundaries)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    configlib.save_config(cfg, run_dir / "config.yaml")
-    (run_dir / "labels.json").write_text(json.dumps(splits.labels, indent=1))
-    index = label_index(splits.labels)
-    y = {s: np.array([index[ex.label] for ex in getattr(splits, s)]) for s in ("train", "valid", "test")}
-    log.info("data: %d train / %d valid / %d test documents, %d classes; skipped %s", len(y["train"]),
-             len(y["valid"]), len(y["test"]), len(splits.labels), splits.skipped or "nothing")
-    sources = layer_sources(cfg, embedder, splits, run_dir)
-    rows, results = [], {}
+    embedder = Embedder.from_run(cfg.bilm.path, device, cfg.bilm.sentence_boundaries)
+    if group.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        configlib.save_config(cfg, run_dir / "config.yaml")
+        (run_dir / "labels.json").write_text(json.dumps(splits.labels, indent=1))
+    y = _labels(splits)
+    log.info("data: %d train / %d valid / %d test documents, %d classes; skipped %s; %d process(es)",
+             len(y["train"]), len(y["valid"]), len(y["test"]), len(splits.labels), splits.skipped or "nothing",
+             group.world_size)
+    sources = layer_sources(cfg, embedder, splits, run_dir, group)
+    seeds = list(cfg.train.seeds) or [cfg.train.seed]
+    results: dict[str, list[dict]] = {}
     for variant in cfg.variants or [cfg.classifier.variant]:
-        # one job per variant (a Slurm array) gives each its own run_dir: no sub-folder then
-        out = run_dir / variant if cfg.variants else run_dir
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "labels.json").write_text(json.dumps(splits.labels, indent=1))
-        if cfg.bilm.trainable:  # every variant starts from the pretrained biLM
-            embedder = Embedder.from_run(cfg.bilm.path, cfg.train.device, cfg.bilm.sentence_boundaries)
-            sources = layer_sources(cfg, embedder, splits, run_dir)
-        run = VariantRun(variant, cfg, embedder, sources, y, splits.labels, out)
-        summary = run.evaluate(run.fit())
-        results[variant] = summary
-        rows.append({"variant": variant, **{k: summary["test"][k] for k in ("accuracy", "f1_macro", "f1_weighted")},
-                     "layer_weights": summary["layer_weights"], "gamma": summary["gamma"]})
-    return _finish(cfg, run_dir, splits, y, rows, results)
+        for seed in seeds:
+            # one job per variant (a Slurm array) gives each its own run_dir: no sub-folder then
+            out = run_dir / variant if cfg.variants else run_dir
+            out = out / f"seed-{seed}" if len(seeds) > 1 else out
+            if group.is_main:
+                out.mkdir(parents=True, exist_ok=True)
+                (out / "labels.json").write_text(json.dumps(splits.labels, indent=1))
+            if cfg.bilm.trainable:  # every run starts from the pretrained biLM
+                embedder = Embedder.from_run(cfg.bilm.path, device, cfg.bilm.sentence_boundaries)
+                sources = layer_sources(cfg, embedder, splits, run_dir, group)
+            run = VariantRun(variant, cfg, embedder, sources, y, splits.labels, out, group, seed)
+            results.setdefault(variant, []).append(run.evaluate(run.fit()))
+    summary = _finish(cfg, run_dir, splits, y, results, group)
+    group.close()
+    return summary
 
 
-def _finish(cfg, run_dir: Path, splits: Splits, y: dict, rows: list, results: dict) -> dict:
+_REPORTED = ("accuracy", "f1_macro", "f1_weighted")
+
+
+def _variant_row(variant: str, runs: list[dict]) -> tuple[dict, dict]:
+    """(the comparison-table row, the variant's summary entry): one run as it is, several as
+    mean and standard deviation over the seeds (population std, numpy's default)."""
+    if len(runs) == 1:
+        r = runs[0]
+        return {"variant": variant, **{k: r["test"][k] for k in _REPORTED}, "layer_weights": r["layer_weights"],
+                "gamma": r["gamma"]}, r
+    row = {"variant": variant, "seeds": [r["seed"] for r in runs]}
+    for k in _REPORTED:
+        values = np.array([r["test"][k] for r in runs])
+        row.update({k: float(values.mean()), f"{k}_std": float(values.std()), f"{k}_per_seed": values.tolist()})
+    weights = [r["layer_weights"] for r in runs if r["layer_weights"] is not None]
+    row["layer_weights"] = np.mean(weights, axis=0).round(4).tolist() if weights else None
+    gammas = [r["gamma"] for r in runs if r["gamma"] is not None]
+    row["gamma"] = round(float(np.mean(gammas)), 4) if gammas else None
+    return row, {"variant": variant, "runs": runs, "test": {k: row[k] for k in _REPORTED},
+                 "test_std": {k: row[f"{k}_std"] for k in _REPORTED}}
+
+
+def _finish(cfg, run_dir: Path, splits: Splits, y: dict, results: dict, group: Group) -> dict:
+    rows, variants = [], {}
+    for variant, runs in results.items():
+        row, entry = _variant_row(variant, runs)
+        rows.append(row)
+        variants[variant] = entry
     baseline = None
     if cfg.baseline:
         baseline = report.tfidf_baseline([ex.text for ex in splits.train], y["train"].tolist(),
                                          [ex.text for ex in splits.test], y["test"].tolist(), splits.labels,
                                          cfg.train.seed)
-        rows.append({"variant": "tfidf+logreg", **{k: baseline[k] for k in ("accuracy", "f1_macro", "f1_weighted")},
+        rows.append({"variant": "tfidf+logreg", **{k: baseline[k] for k in _REPORTED},
                      "layer_weights": None, "gamma": None})
-    table = report.comparison_table(rows)
-    summary = {"variants": results, "baseline": baseline, "labels": splits.labels, "table": rows,
+    seeds = list(cfg.train.seeds) or [cfg.train.seed]
+    options = {"seeds": seeds, "early_stopping": cfg.train.early_stopping, "class_weights": cfg.train.class_weights}
+    note = (f"test set, {len(y['test']):,} documents; " + (f"mean ± std over seeds {seeds}; " if len(seeds) > 1
+                                                             else f"seed {seeds[0]}; ")
+            + f"best epoch by validation {cfg.train.early_stopping}; class weights: {cfg.train.class_weights}")
+    table = report.comparison_table(rows, note)
+    summary = {"variants": variants, "baseline": baseline, "labels": splits.labels, "table": rows, **options,
                "n_train": len(y["train"]), "n_valid": len(y["valid"]), "n_test": len(y["test"]),
-               "skipped": splits.skipped}
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-    (run_dir / "comparison.txt").write_text(table)
-    print(table, end="")
-    where = f"{run_dir}/<variant>/" if cfg.variants else f"{run_dir}/"
-    print(f"per-variant reports, plots and TensorBoard logs under {where} (tensorboard --logdir {run_dir})")
+               "skipped": splits.skipped, "processes": group.world_size}
+    if group.is_main:
+        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        (run_dir / "comparison.txt").write_text(table)
+        print(table, end="")
+        where = f"{run_dir}/<variant>/" if cfg.variants else f"{run_dir}/"
+        print(f"per-variant reports, plots and TensorBoard logs under {where} (tensorboard --logdir {run_dir})")
     return summary

@@ -136,14 +136,30 @@ def _weights_cell(row: dict) -> str:
     return cell if gamma is None else f"{cell} (γ {gamma:.2f})"
 
 
-def comparison_table(rows: list[dict]) -> str:
-    """A fixed-width table of variants: accuracy, macro-F1, weighted-F1 and the learned layer mix."""
+_TABLE_KEYS = (("accuracy", "accuracy"), ("f1_macro", "macro-F1"), ("f1_weighted", "weighted-F1"))
+
+
+def _cell(r: dict, key: str, width: int) -> str:
+    """'0.8671', or '0.8671 ± 0.0123' when the row is a mean over seeds (it has `<key>_std`)."""
+    std = r.get(f"{key}_std")
+    if std is None:
+        return _fmt(r.get(key), width)
+    return f"{r[key]:.4f} ± {std:.4f}".rjust(width)
+
+
+def comparison_table(rows: list[dict], note: str = "") -> str:
+    """A fixed-width table of variants: accuracy, macro-F1, weighted-F1 (mean ± std over seeds where
+    a row has them) and the learned layer mix; `note` is a last line (e.g. the training options)."""
     variant_w = max([len("variant")] + [len(str(r["variant"])) for r in rows])
-    head = (f"{'variant':<{variant_w}}  {'accuracy':>8}  {'macro-F1':>8}  {'weighted-F1':>11}  layer weights")
+    widths = {key: max(len(title), *(len(_cell(r, key, 0)) for r in rows)) for key, title in _TABLE_KEYS}
+    head = f"{'variant':<{variant_w}}" + "".join(f"  {title:>{widths[key]}}" for key, title in _TABLE_KEYS)
+    head += "  layer weights"
     lines = [head, "-" * len(head)]
     for r in rows:
-        lines.append(f"{str(r['variant']):<{variant_w}}  {_fmt(r.get('accuracy'), 8)}  {_fmt(r.get('f1_macro'), 8)}"
-                     f"  {_fmt(r.get('f1_weighted'), 11)}  {_weights_cell(r)}")
+        cells = "".join(f"  {_cell(r, key, widths[key])}" for key, _ in _TABLE_KEYS)
+        lines.append(f"{str(r['variant']):<{variant_w}}{cells}  {_weights_cell(r)}")
+    if note:
+        lines.append(note)
     return "\n".join(lines) + "\n"
 
 

@@ -108,11 +108,29 @@ class FinetuneTrain:
     batch_size: int = 32
     """Documents per classifier training step."""
     patience: int = 5
-    """Stop after this many epochs without a better validation accuracy; the best epoch is kept."""
+    """Stop after this many epochs without a better validation score (train.early_stopping); the best
+    epoch is kept."""
+    early_stopping: str = "accuracy"
+    """The validation metric that picks the best epoch: accuracy or f1_macro (for imbalanced classes)."""
+    class_weights: str = "none"
+    """none, or balanced: weight each class's loss by n_samples / (n_classes x its count), as
+    scikit-learn's 'balanced', so that small classes are not ignored."""
     seed: int = 0
     """Weights, batch order and dropout follow it: the same seed gives the same result."""
+    seeds: list = field(default_factory=list)
+    """Run every variant once per seed (e.g. [0, 1, 2]) and report mean +- standard deviation; empty =
+    train.seed only. With several seeds each run goes to <variant>/seed-<s>/."""
     device: str = "auto"
     """auto (CUDA when present), cpu or cuda."""
+
+
+@dataclass
+class FinetuneDist:
+    backend: str = "auto"
+    """Process-group backend when several processes fine-tune (torchrun, srun): auto (nccl on CUDA,
+    gloo on CPU), gloo or nccl."""
+    timeout_minutes: int = 30
+    """How long a collective may wait before the run fails instead of hanging."""
 
 
 @dataclass
@@ -126,7 +144,10 @@ class FinetuneConfig:
     optim: FinetuneOptim = field(default_factory=FinetuneOptim)
     """The Adam optimizer of the classifier."""
     train: FinetuneTrain = field(default_factory=FinetuneTrain)
-    """The fine-tuning loop: output directory, epochs, early stopping, seed and device."""
+    """The fine-tuning loop: output directory, epochs, early stopping, seeds and device."""
+    dist: FinetuneDist = field(default_factory=FinetuneDist)
+    """Several processes (torchrun --nproc_per_node N -m elmo_dist finetune ...): data parallel, the same
+    result as one process with the same global batch (train.batch_size)."""
     variants: list = field(default_factory=list)
     """Run these variants one after the other, each in RUN_DIR/<variant>, and compare them.
     Empty: train only classifier.variant, with its outputs in RUN_DIR itself."""
@@ -155,6 +176,14 @@ def validate_finetune(cfg: FinetuneConfig) -> None:
              "and data.test_fraction must be in (0, 1)")
     for key in ("epochs", "batch_size", "patience"):
         _require(getattr(cfg.train, key) > 0, f"train.{key}", "must be positive")
+    _require(cfg.train.early_stopping in ("accuracy", "f1_macro"), "train.early_stopping",
+             f"must be accuracy or f1_macro, got '{cfg.train.early_stopping}'")
+    _require(cfg.train.class_weights in ("none", "balanced"), "train.class_weights",
+             f"must be none or balanced, got '{cfg.train.class_weights}'")
+    _require(all(isinstance(s, int) for s in cfg.train.seeds) and len(set(cfg.train.seeds)) == len(cfg.train.seeds),
+             "train.seeds", f"must be a list of distinct integers, got {cfg.train.seeds}")
+    _require(cfg.dist.backend in ("auto", "gloo", "nccl"), "dist.backend", "must be auto, gloo or nccl")
+    _require(cfg.dist.timeout_minutes > 0, "dist.timeout_minutes", "must be positive")
     _require(cfg.optim.lr > 0 and cfg.bilm.lr > 0, "optim.lr", "and bilm.lr must be positive")
     _require(cfg.bilm.batch_size > 0, "bilm.batch_size", "must be positive")
     validate_slurm(cfg.slurm)

@@ -90,7 +90,8 @@ def _hand_over_to_submitit(sig: signal.Signals, handler, summary: dict, is_main:
 
 
 class FinetuneJob(submitit.helpers.Checkpointable):
-    """One classifier variant (one array task); preempted, it starts again from the cached layers."""
+    """One classifier variant (one array task, data parallel over its tasks); preempted, it starts
+    again from the cached layers."""
 
     def __init__(self, tree: dict):
         self.tree = tree
@@ -99,6 +100,7 @@ class FinetuneJob(submitit.helpers.Checkpointable):
         from elmo_dist.classify.finetune import finetune
         from elmo_dist.config import FinetuneConfig, validate_finetune
 
+        _export_ranks()
         cfg = configlib.build(FinetuneConfig, [self.tree], "submitted config")
         validate_finetune(cfg)
         return finetune(cfg)
@@ -162,12 +164,13 @@ def _finetune_trees(config: str | None, overrides: list[str], bilm_path: str | N
 
 def submit_finetune(config: str | None, overrides: list[str] = (), slurm_overrides: list[str] = (),
                     after: str | None = None, bilm_path: str | None = None) -> list:
-    """Queue the classifier variants as one job array (one task per variant), optionally after a job id."""
+    """Queue the classifier variants as one job array (one array task per variant, each on the
+    config's nodes x tasks_per_node processes), optionally after a job id."""
     trees, cfg = _finetune_trees(config, list(overrides) + _slurm_keys(slurm_overrides), bilm_path)
     s = cfg.slurm
     extra = {"dependency": f"afterok:{after}", "kill_on_invalid_dep": "yes"} if after else None
-    executor = make_executor(s, _folder(s, cfg.train.run_dir), s.job_name + "-finetune", 1,
-                             min(s.gpus_per_node, 1), extra)
+    executor = make_executor(s, _folder(s, cfg.train.run_dir), s.job_name + "-finetune", tasks_per_node(s),
+                             s.gpus_per_node, extra)
     with executor.batch():
         jobs = [executor.submit(FinetuneJob(tree)) for tree in trees]
     return jobs

@@ -71,6 +71,22 @@ def build_accelerator(cfg) -> Accelerator:
     return accelerator
 
 
+def build_data_parallel(device: str, backend: str = "auto", timeout_minutes: int = 30) -> Accelerator:
+    """An fp32 data-parallel Accelerator for fine-tuning (no ZeRO, no accumulation): the device and
+    the process group that torchrun, `accelerate launch` or srun started, with the same checks."""
+    device = resolve_device(device)
+    expected = _check_launch_env()
+    backend = backend if backend != "auto" else ("nccl" if device == "cuda" else "gloo")
+    handlers = [InitProcessGroupKwargs(backend=backend, timeout=timedelta(minutes=timeout_minutes))] \
+        if expected > 1 else []
+    accelerator = Accelerator(cpu=device == "cpu", kwargs_handlers=handlers)
+    if accelerator.num_processes != expected:
+        raise ConfigError(
+            f"WORLD_SIZE={expected} but the Accelerator sees {accelerator.num_processes} process(es); "
+            "launch with torchrun or `accelerate launch --multi_gpu` so that the processes form one group")
+    return accelerator
+
+
 def shut_down(accelerator: Accelerator) -> None:
     """End the run's process group so that every rank exits cleanly.
 

@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from cluster import slurm  # noqa: F401  (the session fixture)
-from conftest import REPO, TINY_OVERRIDES, write_order_task
+from conftest import REPO, TINY_OVERRIDES, run_cli, write_order_task
 
 STEPS = 240
 # sampled softmax and dropout on: resuming must restore the random streams too, not only the weights
@@ -189,3 +189,25 @@ def test_failed_job_reports_its_error_and_is_not_requeued(slurm, tmp_path, gramm
     assert "no-such-corpus" in str(err.value) and "Traceback" in str(err.value)
     rec = slurm.wait(job.job_id, 60)
     assert rec["JobState"] == "FAILED" and rec["Restarts"] == "0"
+
+
+def test_sbatch_finetune_two_tasks_matches_one_process(slurm, tmp_path, grammar_corpus, reference):
+    """slurm/finetune.sh on 2 tasks (2 nodes): data-parallel fine-tuning gives the 1-process result."""
+    data = write_order_task(tmp_path / "task.jsonl", 90, seed=2)
+    args = [str(REPO / "configs/finetune.yaml"), f"bilm.path={reference}", f"data.train={data}",
+            "variants=[scalar_mix]", "train.epochs=2", "train.batch_size=10", "classifier.dropout=0",
+            "classifier.token_dim=16", "classifier.hidden_dim=16", "baseline=false", "train.device=cpu"]
+    one = run_cli("finetune", *args, f"train.run_dir={tmp_path / 'one'}", f"bilm.cache_dir={tmp_path / 'c1'}")
+    assert one.returncode == 0
+    job = slurm.sbatch([*CPU_JOB, "--nodes=2", "--ntasks-per-node=1", f"--output={tmp_path}/%j.out",
+                        str(REPO / "slurm/finetune.sh"), *args, f"train.run_dir={tmp_path / 'two'}",
+                        f"bilm.cache_dir={tmp_path / 'c2'}"], env=ENV, cwd=tmp_path)
+    rec = slurm.wait(job, 300)
+    log = (tmp_path / f"{job}.out").read_text()
+    assert rec["JobState"] == "COMPLETED" and rec["ExitCode"] == "0:0", log
+    a = json.loads((tmp_path / "one" / "summary.json").read_text())
+    b = json.loads((tmp_path / "two" / "summary.json").read_text())
+    assert a["processes"] == 1 and b["processes"] == 2 and "2 process(es)" in log
+    assert b["variants"]["scalar_mix"]["test"]["accuracy"] == a["variants"]["scalar_mix"]["test"]["accuracy"]
+    assert b["variants"]["scalar_mix"]["test"]["loss"] == pytest.approx(a["variants"]["scalar_mix"]["test"]["loss"],
+                                                                        rel=1e-4)
