@@ -45,13 +45,14 @@ test: $(VENV)/.dev-installed
 	tests/slurm/install-slurm.sh
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest tests
 
-# `make bench`: the CPU figures of README, Performance (about 5-6 minutes on 2 cores); JSON in benchmarks/results/
+# `make bench`: the CPU figures of README, Performance; JSON in benchmarks/results/
 BENCH := benchmarks/results
 bench: $(VENV)/.dev-installed
 	$(BIN)/python -m benchmarks.bench_pretrain --flavour debug --batch-size 128 --compare-naive --out $(BENCH)/pretrain-debug-cpu.json
 	$(BIN)/python -m benchmarks.bench_pretrain --flavour small --batch-size 128 --compare-naive --out $(BENCH)/pretrain-small-cpu.json
 	$(BIN)/python -m benchmarks.bench_prepare --out $(BENCH)/prepare.json
 	$(BIN)/python -m benchmarks.bench_dist --out $(BENCH)/dist.json
+	$(BIN)/python -m benchmarks.bench_finetune --out $(BENCH)/finetune.json
 
 clean:
 	rm -rf $(VENV) runs build *.egg-info

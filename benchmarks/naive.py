@@ -39,7 +39,7 @@ class NaiveBiLM(BiLM):
         fwd, sf = self.forward_lstm(xf, None if state is None else state[0])
         bwd, sb = self.backward_lstm(xb, None if state is None else state[1])
         bwd = [reverse_padded(h, lengths) for h in bwd]
-        return xf, tb, fwd, bwd, (sf, sb)
+        return xf, fwd, bwd, (sf, sb)
 
 
 def naive_step(model, optimizer, batch: dict, state, denom: int, clip: float):

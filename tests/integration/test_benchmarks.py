@@ -49,3 +49,14 @@ def test_bench_dist_one_vs_two_processes(tmp_path):
     res = bench("bench_dist", "--batch-size", "4", "--steps", "1", "--warmup", "1", "--corpus-tokens", "20000",
                 "--vocab", "2000", "--port", "29563", out=tmp_path / "d.json")
     assert res["one_process"]["ms_per_step"] > 0 and res["two_processes"]["ms_per_step"] > 0
+
+
+def test_bench_finetune_two_sizes(tmp_path):
+    res = bench("bench_finetune", "--docs", "300", "600", out=tmp_path / "f.json")
+    runs = res["runs"]
+    assert [r["docs"] for r in runs] == [300, 600]
+    for r in runs:
+        assert r["cache_docs_per_s"] > 0 and r["epoch_docs_per_s"] > 0
+        assert 0 < r["rss_anon_start_mib"] <= r["rss_anon_peak_mib"]
+        # the cache is ragged float16: (L+1) x 2*projection_dim x 2 bytes per token of the demo's biLM
+        assert r["cache_mib"] * 2**20 == r["tokens"] * 3 * 128 * 2
