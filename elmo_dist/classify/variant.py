@@ -106,7 +106,7 @@ class VariantRun:
             g.sum_gradients(self.params)
             torch.nn.utils.clip_grad_norm_(self.params, self.cfg.optim.grad_clip)
             self.optimizer.step()
-            totals += torch.tensor([live * float(nll), live * int((logits.argmax(-1) == target).sum()),
+            totals += torch.tensor([live * float(nll.detach()), live * int((logits.argmax(-1) == target).sum()),
                                     live * len(idx)], dtype=torch.float64)
         loss_sum, correct, count = g.sum(totals).tolist()
         weight_sum = float(self.class_weights[torch.as_tensor(y)].sum())
