@@ -27,6 +27,7 @@ from elmo_dist.embedder import Embedder
 from elmo_dist.model.classifier import TextClassifier
 from elmo_dist.model.scalar_mix import ScalarMix, build_mix
 from elmo_dist.train.metrics import MetricsLogger, log
+from elmo_dist.train.optim import scheduled_lr
 
 
 def mix_weights(clf: TextClassifier) -> tuple[list[float] | None, float | None]:
@@ -67,6 +68,10 @@ class VariantRun:
             groups.append({"params": list(embedder.model.parameters()), "lr": cfg.bilm.lr})
         self.optimizer = torch.optim.Adam(groups, weight_decay=cfg.optim.weight_decay)
         self.params = [p for g in self.optimizer.param_groups for p in g["params"]]
+        self.base_lrs = [g["lr"] for g in self.optimizer.param_groups]
+        self.step = 0
+        bs = cfg.train.batch_size
+        self.total_steps = cfg.train.epochs * ((len(labels["train"]) + bs - 1) // bs)
         self.generator = torch.Generator().manual_seed(self.seed)
         weights = class_weights(labels["train"], len(label_names), cfg.train.class_weights)
         self.class_weights = torch.tensor(weights, dtype=torch.float32, device=embedder.device)
@@ -78,6 +83,13 @@ class VariantRun:
     def _set_mode(self, training: bool) -> None:
         self.clf.train(training)
         self.embedder.model.train(training and self.cfg.bilm.trainable)
+
+    def _set_lr(self) -> None:
+        """The optim section's warmup and decay, one step further (the same on every process)."""
+        o = self.cfg.optim
+        for group, base in zip(self.optimizer.param_groups, self.base_lrs):
+            group["lr"] = scheduled_lr(base, self.step, self.total_steps, o.warmup_steps, o.decay, o.min_lr_ratio)
+        self.step += 1
 
     def _global_batches(self, n: int):
         order = torch.randperm(n, generator=self.generator).tolist()
@@ -105,6 +117,7 @@ class VariantRun:
             loss.backward()
             g.sum_gradients(self.params)
             torch.nn.utils.clip_grad_norm_(self.params, self.cfg.optim.grad_clip)
+            self._set_lr()
             self.optimizer.step()
             totals += torch.tensor([live * float(nll.detach()), live * int((logits.argmax(-1) == target).sum()),
                                     live * len(idx)], dtype=torch.float64)
@@ -176,7 +189,8 @@ class VariantRun:
     def _log_epoch(self, h: dict) -> None:
         weights, gamma = mix_weights(self.clf)
         scalars = {"train/loss": h["train_loss"], "train/accuracy": h["train_acc"], "valid/loss": h["valid_loss"],
-                   "valid/accuracy": h["valid_acc"], f"valid/{self.cfg.train.early_stopping}": h["valid_score"]}
+                   "valid/accuracy": h["valid_acc"], f"valid/{self.cfg.train.early_stopping}": h["valid_score"],
+                   "train/lr": self.optimizer.param_groups[0]["lr"]}
         if weights is not None:
             scalars.update({f"mix/weight_{k}": w for k, w in enumerate(weights)}, **{"mix/gamma": gamma})
         self.metrics.log(scalars, h["epoch"])

@@ -97,6 +97,13 @@ class FinetuneOptim:
     """Adam's L2 weight decay on every trained parameter (0 = off)."""
     grad_clip: float = 5.0
     """Global-norm gradient clipping of every trained parameter."""
+    warmup_steps: int = 0
+    """Linear warmup over this many classifier steps (every parameter group, bilm.lr too)."""
+    decay: str = "none"
+    """LR decay after warmup: none, linear or cosine, to min_lr_ratio x lr at the last step of train.epochs
+    (early stopping may end sooner)."""
+    min_lr_ratio: float = 0.0
+    """Where decay ends: the learning rate at the last step is min_lr_ratio x lr."""
 
 
 @dataclass
@@ -184,6 +191,10 @@ def validate_finetune(cfg: FinetuneConfig) -> None:
              "train.seeds", f"must be a list of distinct integers, got {cfg.train.seeds}")
     _require(cfg.dist.backend in ("auto", "gloo", "nccl"), "dist.backend", "must be auto, gloo or nccl")
     _require(cfg.dist.timeout_minutes > 0, "dist.timeout_minutes", "must be positive")
+    _require(cfg.optim.decay in ("none", "linear", "cosine"), "optim.decay",
+             f"must be none, linear or cosine, got '{cfg.optim.decay}'")
+    _require(cfg.optim.warmup_steps >= 0, "optim.warmup_steps", "must be >= 0")
+    _require(0 <= cfg.optim.min_lr_ratio <= 1, "optim.min_lr_ratio", "must be in [0, 1]")
     _require(cfg.optim.lr > 0 and cfg.bilm.lr > 0, "optim.lr", "and bilm.lr must be positive")
     _require(cfg.bilm.batch_size > 0, "bilm.batch_size", "must be positive")
     validate_slurm(cfg.slurm)

@@ -1,5 +1,5 @@
 """Fine-tuning options a user reaches for: several seeds reported as mean ± std, a class-weighted
-loss for imbalanced classes, and early stopping on macro-F1."""
+loss for imbalanced classes, early stopping on macro-F1, and a warmup + cosine learning-rate schedule."""
 from __future__ import annotations
 
 import json
@@ -68,7 +68,7 @@ def test_early_stopping_on_macro_f1_keeps_the_epoch_with_the_best_validation_f1(
     train = write_imbalanced(tmp_path / "train.jsonl", 300, seed=3, minority=0.3)
     run_cli("finetune", str(REPO / "configs/finetune.yaml"), f"bilm.path={tiny_bilm}", f"data.train={train}",
             f"train.run_dir={tmp_path / 'ft'}", "variants=[scalar_mix]", "train.epochs=5", "train.patience=5",
-            "train.early_stopping=f1_macro", *FAST, "optim.lr=0.001")
+            "train.early_stopping=f1_macro", *FAST, "optim.lr=0.001", "optim.warmup_steps=3", "optim.decay=cosine")
     metrics = json.loads((tmp_path / "ft" / "scalar_mix" / "metrics.json").read_text())
     ea = EventAccumulator(str(tmp_path / "ft" / "scalar_mix" / "tensorboard"))
     ea.Reload()
@@ -77,13 +77,16 @@ def test_early_stopping_on_macro_f1_keeps_the_epoch_with_the_best_validation_f1(
     assert len(f1) == 5 and len(set(f1.values())) > 1
     # the best validation macro-F1; among equals, the lower validation loss
     assert metrics["best_epoch"] == max(f1, key=lambda s: (f1[s], -loss[s]))
+    # the cosine schedule: the lr of each epoch's last step falls towards 0 at the last epoch
+    lr = [e.value for e in ea.Scalars("train/lr")]
+    assert lr == sorted(lr, reverse=True) and lr[0] < 0.001 and lr[-1] < 0.001 * 0.02
 
 
 def test_a_bad_option_is_one_line_naming_its_key(tmp_path, tiny_bilm):
     data = write_order_task(tmp_path / "task.jsonl", 50, seed=0)
     for bad, key in (("train.early_stopping=loss", "train.early_stopping"),
                      ("train.class_weights=inverse", "train.class_weights"),
-                     ("train.seeds=[1,1]", "train.seeds")):
+                     ("train.seeds=[1,1]", "train.seeds"), ("optim.decay=exponential", "optim.decay")):
         proc = run_cli("finetune", str(REPO / "configs/finetune.yaml"), f"bilm.path={tiny_bilm}",
                        f"data.train={data}", bad, check=False)
         assert proc.returncode == 2 and key in proc.stderr and len(proc.stderr.strip().splitlines()) == 1

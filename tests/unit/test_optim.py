@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from elmo_dist.config import OptimConfig
-from elmo_dist.train.optim import build_optimizer, lr_at
+from elmo_dist.train.optim import build_optimizer, lr_at, scheduled_lr
 
 
 def _train(cfg: OptimConfig, steps: int = 20) -> list[torch.Tensor]:
@@ -54,3 +54,11 @@ def test_warmup_then_cosine_to_the_floor():
     assert lr_at(cfg, 60, 110) == pytest.approx(0.55)  # half way: the mean of 1.0 and the 0.1 floor
     assert lr_at(cfg, 110, 110) == pytest.approx(0.1) and lr_at(cfg, 500, 110) == pytest.approx(0.1)
     assert lr_at(OptimConfig(lr=1.0, decay="linear"), 50, 100) == pytest.approx(0.5)
+
+
+def test_fine_tuning_schedule_warms_up_then_follows_a_cosine_to_the_floor():
+    lrs = [scheduled_lr(3e-3, s, 100, warmup_steps=10, decay="cosine") for s in range(100)]
+    assert lrs[0] == pytest.approx(3e-4) and lrs[9] == pytest.approx(3e-3)  # warmup ends at the full rate
+    assert lrs[10:] == sorted(lrs[10:], reverse=True) and lrs[55] == pytest.approx(1.5e-3)
+    assert scheduled_lr(3e-3, 100, 100, 10, "cosine", min_lr_ratio=0.1) == pytest.approx(3e-4)
+    assert scheduled_lr(3e-3, 50, 100) == 3e-3  # no warmup, no decay: constant
