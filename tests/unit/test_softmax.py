@@ -44,11 +44,35 @@ def test_full_kind_trains_on_the_full_softmax():
     assert torch.equal(sm.train_nll(h, t), sm.full_nll(h, t))
 
 
-def test_full_nll_chunks_agree():
+def test_full_nll_in_blocks_of_rows_and_words_equals_cross_entropy():
     sm = make("full")
     h, t = torch.randn(11, 8), torch.randint(0, 50, (11,))
-    assert torch.allclose(sm.full_nll(h, t, chunk=3), sm.full_nll(h, t), atol=1e-6)
+    t[:3] = torch.tensor([0, 49, 16])  # targets at both ends of the vocabulary and at a block edge
+    want = torch.nn.functional.cross_entropy(h @ sm.weight.t() + sm.bias, t, reduction="none")
+    for max_elements, block in ((2**22, 16384), (48, 16), (7, 7), (1, 1)):  # one block; 3 rows x 16 words; ...
+        got = sm.full_nll(h, t, max_elements=max_elements, vocab_block=block)
+        assert torch.allclose(got, want, atol=1e-5), (max_elements, block)
     assert sm.full_nll(h[:0], t[:0]).shape == (0,)
+
+
+def test_full_nll_memory_does_not_grow_with_the_vocabulary():
+    """1,280 rows (64 lanes x 20 steps) over 400k words: 2 GB of float32 logits in one piece."""
+    code = """
+import resource, torch
+from elmo_dist.model.softmax import SharedSoftmax
+torch.manual_seed(0)
+sm = SharedSoftmax("full", 400_000, 16).requires_grad_(False)
+h, t = torch.randn(1280, 16), torch.randint(0, 400_000, (1280,))
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+nll = sm.full_nll(h, t)
+assert torch.isfinite(nll).all()
+print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) // 1024)
+"""
+    import subprocess
+    import sys
+
+    grown = int(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
+    assert grown < 200, f"full_nll grew the peak resident memory by {grown} MiB"
 
 
 def test_sampled_loss_by_hand_with_accidental_hits_removed():
