@@ -4,7 +4,12 @@
 
 Precedence: overrides > YAML file > presets > dataclass defaults. An unknown key anywhere is a
 ConfigError naming the full dotted key and the closest valid one; a value of the wrong type names
-its key. `elmo_dist.config` (pretraining) and `elmo_dist.classify.config` (fine-tuning) are built on it.
+its key. `elmo_dist.config` (pretraining and fine-tuning) is built on it.
+
+Values are read as YAML 1.2 reads them: only true/false are booleans. YAML 1.1 (PyYAML, and so
+OmegaConf) also reads plain on/off/yes/no as booleans, which turned `train.nonfinite=off` into
+False and `dist.mixed_precision: no` into False, both then refused as not a valid mode. Those four
+words stay the words the user wrote; a boolean key still accepts them (OmegaConf converts them).
 """
 from __future__ import annotations
 
@@ -12,6 +17,7 @@ import dataclasses
 import difflib
 from pathlib import Path
 
+import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -67,12 +73,40 @@ def _drop_empty(tree: dict) -> dict:
     return {k: v for k, v in tree.items() if v is not None}
 
 
+_YAML11_WORDS = {"on", "off", "yes", "no"}  # compared lowercased
+
+
+def _keep_word(item: str) -> str:
+    """key=off -> key="off": the word, not YAML 1.1's boolean."""
+    key, value = item.split("=", 1)
+    return f'{key}="{value.strip()}"' if value.strip().lower() in _YAML11_WORDS else item
+
+
+def _restore_words(node, tree):
+    """Put back the plain on/off/yes/no scalars of a YAML document that were read as booleans;
+    `node` is the document's node graph (yaml.compose), `tree` what it was loaded as."""
+    if isinstance(node, yaml.MappingNode) and isinstance(tree, dict):
+        pairs = [(k.value, v) for k, v in node.value if isinstance(k, yaml.ScalarNode)]
+    elif isinstance(node, yaml.SequenceNode) and isinstance(tree, list):
+        pairs = list(enumerate(node.value))
+    else:
+        return
+    for key, child in pairs:
+        if key not in (tree if isinstance(tree, dict) else range(len(tree))):
+            continue
+        if (isinstance(child, yaml.ScalarNode) and child.style is None and isinstance(tree[key], bool)
+                and child.value.lower() in _YAML11_WORDS):
+            tree[key] = child.value
+        else:
+            _restore_words(child, tree[key])
+
+
 def parse_overrides(overrides: list[str], root: type) -> dict:
     for item in overrides:
         if "=" not in item or item.startswith("="):
             raise ConfigError(f"override '{item}' is not of the form key=value (e.g. train.max_steps=100)")
     try:
-        tree = OmegaConf.to_container(OmegaConf.from_dotlist(list(overrides)))
+        tree = OmegaConf.to_container(OmegaConf.from_dotlist([_keep_word(item) for item in overrides]))
     except OmegaConfBaseException as e:
         raise ConfigError(f"overrides: {str(e).splitlines()[0]}") from None
     check_keys(tree, "overrides", root)
@@ -85,6 +119,7 @@ def read_yaml(path: str | Path, root: type) -> dict:
         raise ConfigError(f"{path}: config file not found")
     try:
         tree = OmegaConf.to_container(OmegaConf.load(path))
+        _restore_words(yaml.compose(path.read_text(encoding="utf-8"), Loader=yaml.SafeLoader), tree)
     except Exception as e:  # yaml.YAMLError and OmegaConf errors alike
         detail = " ".join(part.strip() for part in str(e).splitlines() if part.strip())
         raise ConfigError(f"{path}: not valid YAML: {detail}") from None

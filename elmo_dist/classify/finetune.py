@@ -34,6 +34,7 @@ from elmo_dist.classify.group import Group
 from elmo_dist.classify.variant import VariantRun
 from elmo_dist.config import FinetuneConfig
 from elmo_dist.embedder import Embedder
+from elmo_dist.train.lock import RunDirBusy, RunDirLock
 from elmo_dist.train.metrics import log, setup_logging
 
 
@@ -102,10 +103,31 @@ def _labels(splits: Splits) -> dict[str, np.ndarray]:
     return {s: np.array([index[ex.label] for ex in getattr(splits, s)]) for s in ("train", "valid", "test")}
 
 
+def _own_run_dir(run_dir: Path, group: Group) -> RunDirLock:
+    """The main process locks the run directory; when another run holds it, every process refuses."""
+    lock, message = RunDirLock(run_dir), None
+    if group.is_main:
+        try:
+            lock.acquire()
+        except RunDirBusy as e:
+            message = str(e)
+    message = group.broadcast(message)
+    if message:
+        raise RunDirBusy(message)
+    return lock
+
+
 def finetune(cfg: FinetuneConfig) -> dict:
     """Train every variant (x every seed), compare them with the TF-IDF baseline; the summary."""
     group = _group(cfg)
     setup_logging(group.is_main)
+    with _own_run_dir(Path(cfg.train.run_dir), group):
+        summary = _finetune(cfg, group)
+    group.close()
+    return summary
+
+
+def _finetune(cfg: FinetuneConfig, group: Group) -> dict:
     run_dir, d = Path(cfg.train.run_dir), cfg.data
     device = str(group.acc.device) if group.multi else cfg.train.device
     splits = build_splits(d.train, d.valid, d.test, d.format, list(d.text_fields), d.label_field,
@@ -135,9 +157,7 @@ def finetune(cfg: FinetuneConfig) -> dict:
                 sources = layer_sources(cfg, embedder, splits, run_dir, group)
             run = VariantRun(variant, cfg, embedder, sources, y, splits.labels, out, group, seed)
             results.setdefault(variant, []).append(run.evaluate(run.fit()))
-    summary = _finish(cfg, run_dir, splits, y, results, group)
-    group.close()
-    return summary
+    return _finish(cfg, run_dir, splits, y, results, group)
 
 
 _REPORTED = ("accuracy", "f1_macro", "f1_weighted")

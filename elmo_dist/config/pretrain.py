@@ -222,7 +222,7 @@ def config_from_tree(tree: dict, source: str = "config") -> Config:
     flavour = (tree.get("model") or {}).get("flavour", ModelConfig.flavour)
     if flavour not in FLAVOURS:
         raise ConfigError(f"{source}: model.flavour '{flavour}' is not one of {', '.join(FLAVOURS)}")
-    if (tree.get("dist") or {}).get("mixed_precision") is False:  # YAML reads a bare `no` as false
+    if (tree.get("dist") or {}).get("mixed_precision") is False:  # `mixed_precision: false` means no
         tree = configlib.merge_trees(tree, {"dist": {"mixed_precision": "no"}})
     cfg = configlib.build(Config, [{"model": FLAVOURS[flavour]}, tree], source)
     validate(cfg)

@@ -19,9 +19,7 @@ def build_tokenizer(name: str, lowercase: bool = False) -> Callable[[str], list[
     if name == "whitespace":
         split = str.split  # the C method itself: called once per line
     elif name == "moses":
-        from sacremoses import MosesTokenizer
-
-        moses = MosesTokenizer(lang="en")
+        moses = _moses()
 
         def split(line: str) -> list[str]:
             # escape=False keeps `&` and quotes as themselves rather than HTML entities; the final
@@ -32,6 +30,25 @@ def build_tokenizer(name: str, lowercase: bool = False) -> Callable[[str], list[
     if lowercase:
         return lambda line: split(line.lower())
     return split
+
+
+def _moses():
+    """sacremoses' English Moses tokenizer; its `islower` with the same answer, faster.
+
+    sacremoses 0.2.0 rebuilds a set of its 2,253 lowercase characters on every `islower` call, once
+    per token that ends in a period: 60% of the tokenizer's time on news text (6 of 10 s for the
+    demo's 2,225 BBC articles). The answer is unchanged: are all of the text's characters lowercase
+    letters in Moses' own sense.
+    """
+    from sacremoses import MosesTokenizer
+
+    class Tokenizer(MosesTokenizer):
+        lowercase_chars = frozenset(MosesTokenizer.IsLower)
+
+        def islower(self, text: str) -> bool:
+            return not set(text).difference(self.lowercase_chars)
+
+    return Tokenizer(lang="en")
 
 
 def build_run_tokenizer(name: str, lowercase: bool = False) -> Callable[[list[str]], list[str]]:

@@ -42,9 +42,18 @@ def _host(array, pin: bool) -> torch.Tensor:
     return t.pin_memory() if pin else t
 
 
+def perplexity(mean_nll: float) -> float:
+    """exp(mean NLL in nats); inf where that overflows a float (a finite loss above ~709, as after a
+    loss spike), never an OverflowError."""
+    try:
+        return math.exp(mean_nll)
+    except OverflowError:
+        return math.inf
+
+
 def ppl_summary(nll_fwd: float, nll_bwd: float, count: float) -> dict:
     fwd, bwd = nll_fwd / max(count, 1), nll_bwd / max(count, 1)
-    return {"val_ppl_fwd": math.exp(fwd), "val_ppl_bwd": math.exp(bwd), "val_ppl": math.exp(0.5 * (fwd + bwd))}
+    return {"val_ppl_fwd": perplexity(fwd), "val_ppl_bwd": perplexity(bwd), "val_ppl": perplexity(0.5 * (fwd + bwd))}
 
 
 @torch.no_grad()
@@ -91,7 +100,7 @@ def unigram_ppl(corpus: PreparedCorpus, max_tokens: int = 0) -> float:
         h = held.copy()
         h[skip] = 0
         total += -(h * logp).sum() / h.sum()
-    return math.exp(total / 2)
+    return perplexity(total / 2)
 
 
 def evaluate_checkpoint(path: str, overrides: list[str], out: str | None = None) -> dict:

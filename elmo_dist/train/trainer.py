@@ -11,25 +11,26 @@ to an uninterrupted run. The training loss is the summed NLL of both directions 
 from __future__ import annotations
 
 import json
-import math
 import sys
 import time
 from pathlib import Path
 
 import torch
 
-from elmo_dist.config import Config, arch_diff, load_config, save_config, to_yaml
+from elmo_dist.config import Config, save_config, to_yaml
 from elmo_dist.data.batching import WindowBatcher
 from elmo_dist.data.corpus import PreparedCorpus
-from elmo_dist.errors import CheckpointError, DataError, TrainingDiverged
+from elmo_dist.errors import DataError, TrainingDiverged
 from elmo_dist.model import build_bilm
 from elmo_dist.runs import find_latest, list_steps, load_tensors, load_weights
 from elmo_dist.train import checkpoint as ckpt
 from elmo_dist.train.accel import build_accelerator, shut_down
-from elmo_dist.train.evaluate import evaluate_bilm, to_device, unigram_ppl
+from elmo_dist.train.evaluate import evaluate_bilm, perplexity, to_device, unigram_ppl
 from elmo_dist.train.guard import NonFiniteGuard, Verdict
+from elmo_dist.train.lock import RunDirLock
 from elmo_dist.train.metrics import MetricsLogger, log, setup_logging
 from elmo_dist.train.optim import build_optimizer, lr_at
+from elmo_dist.train.resume import check_fits, check_layout, own_run_dir
 from elmo_dist.train.stop import StopReason, StopRequest
 from elmo_dist.train.warm_start import warm_start
 
@@ -50,6 +51,8 @@ class Trainer:
         self.accelerator = acc = build_accelerator(cfg)
         setup_logging(acc.is_main_process)
         self.run_dir = Path(cfg.train.run_dir)
+        self.lock = RunDirLock(self.run_dir)
+        own_run_dir(acc, self.lock, self.run_dir)
         self.corpus = PreparedCorpus(cfg.data.dir, cfg.model.max_chars_per_token)
         torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
         self.model = build_bilm(cfg.model, len(self.corpus.vocab))
@@ -128,30 +131,15 @@ class Trainer:
                 log.warning("removed %s, a checkpoint whose writing was interrupted", name)
         self.accelerator.wait_for_everyone()
         latest = find_latest(self.run_dir, log=log.warning)
-        if latest is None:
-            return
-        if self.cfg.checkpoint.resume == "never":
-            raise CheckpointError(f"{self.run_dir}: has checkpoints and checkpoint.resume=never; "
-                                  "use a new train.run_dir")
-        diff = arch_diff(load_config(latest / "config.yaml").model, self.cfg.model)
-        if diff:
-            raise CheckpointError(f"{latest}: architecture differs from the config ({'; '.join(diff)}); "
-                                  "use a new train.run_dir")
-        self.load(latest)
+        if latest is not None:
+            check_fits(latest, self.cfg, self.corpus.vocab)
+            self.load(latest)
 
     def load(self, path: Path) -> None:
         """Resume from the checkpoint at `path`: weights, optimizer, trainer state, RNG and LSTM state."""
         acc, rank = self.accelerator, self.accelerator.process_index
         state = ckpt.read_trainer_state(path)
-        same_layout = state["world_size"] == acc.num_processes
-        zero = state["zero_stage"]
-        if zero != self.cfg.dist.zero_stage or (zero and not same_layout):
-            raise CheckpointError(f"{path}: saved with ZeRO stage {zero} on {state['world_size']} process(es); a ZeRO "
-                                  "checkpoint resumes only with the same stage and process count. Start a new run from "
-                                  "its weights with `elmo-dist export` instead")
-        if not same_layout:
-            log.warning("resuming a %d-process checkpoint on %d: the data position moves to the same fraction of "
-                        "the epoch and the LSTM state restarts", state["world_size"], acc.num_processes)
+        same_layout = check_layout(path, state, self.cfg, acc.num_processes)
         if self.uses_deepspeed:
             acc.deepspeed_engine_wrapped.engine.load_checkpoint(str(path / "deepspeed"), tag="state")
         else:
@@ -278,7 +266,7 @@ class Trainer:
         half = max(tot[2], 1) / 2
         loss_f, loss_b = tot[0] / half, tot[1] / half
         n_tok = len(acc_window) * self.tokens_per_step
-        metrics = {"train/loss_fwd": loss_f, "train/loss_bwd": loss_b, "train/ppl": math.exp(0.5 * (loss_f + loss_b)),
+        metrics = {"train/loss_fwd": loss_f, "train/loss_bwd": loss_b, "train/ppl": perplexity(0.5 * (loss_f + loss_b)),
                    "train/lr": acc_window[-1]["lr"], "train/grad_norm": float(acc_window[-1]["grad_norm"]),
                    "perf/tokens_per_s": n_tok / max(seconds, 1e-9)}
         if self.cfg.dist.mixed_precision == "fp16":
@@ -314,7 +302,14 @@ class Trainer:
 
     def train(self) -> dict:
         """Train from the current step to train.max_steps (or --stop-at-step, or a stop request);
-        the run's summary (also written to RUN_DIR/summary.json)."""
+        the run's summary (also written to RUN_DIR/summary.json). The run directory's lock is
+        released at the end, however it ends."""
+        try:
+            return self._train()
+        finally:
+            self.lock.release()
+
+    def _train(self) -> dict:
         cfg, acc = self.cfg, self.accelerator
         self._write_run_files()
         self.metrics.text("config", to_yaml(cfg), self.step)

@@ -102,7 +102,7 @@ def test_resume_a_two_process_run_on_one_process(tmp_path, grammar_corpus):
     args = pretrain_args(tmp_path / "r", grammar_corpus, "data.batch_size=8", "train.eval_every=0")
     torchrun(2, *args, "--stop-at-step", "6")
     proc = run_cli(*args, "data.batch_size=16")
-    assert "resuming a 2-process checkpoint on 1" in proc.stderr and "at step 6" in proc.stderr
+    assert "resuming a checkpoint of 2 process(es) x 8 rows on 1 x 16" in proc.stderr and "at step 6" in proc.stderr
     summary = json.loads((tmp_path / "r" / "summary.json").read_text())
     assert summary["steps"] == 12 and summary["processes"] == 1 and summary["tokens"] == 12 * 16 * 10
     assert summary["val_ppl"] < summary["unigram_ppl"] * 2

@@ -268,3 +268,16 @@ def test_a_bare_no_for_mixed_precision_means_no(tmp_path):
     (tmp_path / "c.yaml").write_text("dist:\n  mixed_precision: no\n")
     assert load_config(tmp_path / "c.yaml").dist.mixed_precision == "no"
     assert load_config(None, ["dist.mixed_precision=no"]).dist.mixed_precision == "no"
+
+
+def test_on_off_yes_no_are_the_words_not_yaml_1_1_booleans(tmp_path):
+    """The README's own `train.nonfinite=off` was refused as "got 'False'" before."""
+    (tmp_path / "c.yaml").write_text("train:\n  nonfinite: off\n  compile: yes\n  stop_signals: [USR1, TERM]\n")
+    cfg = load_config(tmp_path / "c.yaml")
+    assert cfg.train.nonfinite == "off" and cfg.train.compile is True
+    cfg = load_config(None, ["train.nonfinite=off", "train.compile=on"])
+    assert cfg.train.nonfinite == "off" and cfg.train.compile is True
+    assert load_config(None, ["train.compile=no"]).train.compile is False
+    (tmp_path / "q.yaml").write_text("train:\n  nonfinite: 'OFF'\n")  # quoted: a string anyway, checked as such
+    with pytest.raises(ConfigError, match="train.nonfinite"):
+        load_config(tmp_path / "q.yaml")

@@ -1,0 +1,76 @@
+"""What the trainer checks before it continues a run: who owns the directory, and whether the newest
+checkpoint fits the command that wants to resume it.
+
+    own_run_dir(accelerator, lock, run_dir)          # RunDirBusy on every rank if another run holds it
+    check_fits(latest, cfg, vocab)                   # architecture and vocabulary, or CheckpointError
+    same_layout = check_layout(path, state, cfg, n)  # ZeRO layout, or CheckpointError; False = fresh LSTM state
+
+Each refusal is one line naming the checkpoint and what to do instead.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from elmo_dist.config import Config, arch_diff, load_config
+from elmo_dist.data.vocab import Vocabulary
+from elmo_dist.errors import CheckpointError
+from elmo_dist.train.lock import RunDirBusy, RunDirLock
+from elmo_dist.train.metrics import log
+
+
+def own_run_dir(accelerator, lock: RunDirLock, run_dir: Path) -> None:
+    """The main process takes the run directory's lock before anything there is touched; when
+    another run holds it, every rank refuses (the main one naming the owner)."""
+    error = None
+    if accelerator.is_main_process:
+        try:
+            lock.acquire()
+        except RunDirBusy as e:
+            error = e
+    if accelerator.num_processes > 1:
+        busy = accelerator.gather(torch.tensor([int(error is not None)], device=accelerator.device)).sum()
+        if busy and error is None:
+            error = RunDirBusy(f"{run_dir}: in use by another run (the main process names it)")
+    if error is not None:
+        raise error
+
+
+def check_fits(latest: Path, cfg: Config, vocab: Vocabulary) -> None:
+    """Refuse to resume `latest` under another architecture or another vocabulary: softmax rows and
+    embeddings are indexed by word id, so a new vocabulary would silently give them other words'
+    meanings (and rewrite the run's vocab.txt, which describes its existing checkpoints)."""
+    if cfg.checkpoint.resume == "never":
+        raise CheckpointError(f"{cfg.train.run_dir}: has checkpoints and checkpoint.resume=never; "
+                              "use a new train.run_dir")
+    diff = arch_diff(load_config(latest / "config.yaml").model, cfg.model)
+    if diff:
+        raise CheckpointError(f"{latest}: architecture differs from the config ({'; '.join(diff)}); "
+                              "use a new train.run_dir")
+    saved = Path(cfg.train.run_dir) / "vocab.txt"
+    if saved.is_file() and Vocabulary.load(saved).tokens != vocab.tokens:
+        raise CheckpointError(f"{cfg.data.dir}: its vocabulary differs from {saved}, the one {latest} was "
+                              "trained with; resume with that run's data.dir, or start a new train.run_dir "
+                              f"with train.init_from={latest} to carry its weights over")
+
+
+def check_layout(path: Path, state: dict, cfg: Config, num_processes: int) -> bool:
+    """Whether the checkpoint's processes x rows layout is this run's (so the carried LSTM state fits).
+
+    Another process count or `data.batch_size` resumes at the same fraction of the epoch with a
+    fresh LSTM state (a warning says so); a ZeRO checkpoint needs the same stage and process count.
+    """
+    same_processes = state["world_size"] == num_processes
+    rows = int(state["data"].get("rows", cfg.data.batch_size))
+    zero = state["zero_stage"]
+    if zero != cfg.dist.zero_stage or (zero and not same_processes):
+        raise CheckpointError(f"{path}: saved with ZeRO stage {zero} on {state['world_size']} process(es); a ZeRO "
+                              "checkpoint resumes only with the same stage and process count. Start a new run from "
+                              "its weights with `elmo-dist export` instead")
+    same = same_processes and rows == cfg.data.batch_size
+    if not same:
+        log.warning("resuming a checkpoint of %d process(es) x %d rows on %d x %d: the data position moves to "
+                    "the same fraction of the epoch and the LSTM state restarts", state["world_size"], rows,
+                    num_processes, cfg.data.batch_size)
+    return same

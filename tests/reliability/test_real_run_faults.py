@@ -1,0 +1,166 @@
+"""Faults real pretraining runs hit (issue 15), each as a user meets it through the CLI: a loss spike,
+a resume on another corpus or batch size, and two processes on one run directory."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from elmo_dist import runs
+
+from conftest import REPO, TINY_OVERRIDES, run_cli, write_grammar_corpus, write_order_task
+
+DEBUG = str(REPO / "configs/debug.yaml")
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+
+def pretrain_args(run: Path, data: Path, *extra: str) -> list[str]:
+    return ["pretrain", DEBUG, f"data.dir={data}", f"train.run_dir={run}", *TINY_OVERRIDES, "train.eval_every=0",
+            *extra]
+
+
+def one_error_line(proc) -> str:
+    """The single `elmo-dist: error:` line of a refused command (and no traceback)."""
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr, proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("elmo-dist: error:")]
+    assert len(errors) == 1, proc.stderr
+    return errors[0]
+
+
+# 1. a loss spike -------------------------------------------------------------------------------
+def test_a_perplexity_that_overflows_is_inf_not_an_error():
+    from elmo_dist.train.evaluate import perplexity
+
+    assert perplexity(800.0) == float("inf") and perplexity(2.0) == pytest.approx(7.389, abs=1e-3)
+
+
+def test_a_run_that_survives_a_loss_spike_finishes_and_evaluates(tmp_path, grammar_corpus):
+    """lr 20 with plain SGD-like Adagrad steps throws the loss far above 709 nats (exp overflows a
+    float) without making it non-finite: logging, the final evaluation and `evaluate` must cope."""
+    run = tmp_path / "run"
+    proc = run_cli(*pretrain_args(run, grammar_corpus, "train.max_steps=12", "logging.log_every=2", "optim.lr=20",
+                                  "optim.grad_clip=0", "train.nonfinite=off"), check=False)
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["finished"] and (run / "checkpoints" / "step-12").is_dir()
+    assert summary["train_ppl"] > 1e300 or summary["train_ppl"] != summary["train_ppl"]  # inf (or nan), logged
+    again = run_cli("evaluate", str(run), "--out", str(tmp_path / "eval"), check=False)
+    assert again.returncode == 0 and "Traceback" not in again.stderr, again.stderr
+
+
+# 3. resuming on another corpus -----------------------------------------------------------------
+def _prepared(tmp_path: Path, name: str, replace: dict[str, str]) -> Path:
+    text = write_grammar_corpus(tmp_path / f"{name}.txt", 3000).read_text()
+    for old, new in replace.items():
+        text = text.replace(old, new)
+    (tmp_path / f"{name}.txt").write_text(text)
+    run_cli("prepare", str(tmp_path / f"{name}.txt"), "--out", str(tmp_path / name), "--heldout-fraction", "0.05")
+    return tmp_path / name
+
+
+def test_resuming_on_another_vocabulary_is_refused_and_rewrites_nothing(tmp_path):
+    original = _prepared(tmp_path, "original", {})
+    same_size = _prepared(tmp_path, "same_size", {" cat ": " cow "})  # one word renamed: same count, other words
+    bigger = _prepared(tmp_path, "bigger", {" cat ": " cow ", " dog ": " dog dingo "})
+    run = tmp_path / "run"
+    run_cli(*pretrain_args(run, original, "train.max_steps=6", "checkpoint.every=3"))
+    def files():  # what describes the run and its checkpoints (the lock file names whoever ran last)
+        return {p.name: p.read_bytes() for p in run.iterdir() if p.is_file() and p.name != ".lock"}
+
+    before = files()
+    assert (same_size / "vocab.txt").read_text().count("\n") == (original / "vocab.txt").read_text().count("\n")
+    for other in (same_size, bigger):
+        proc = run_cli(*pretrain_args(run, other, "train.max_steps=9", "checkpoint.every=3"), check=False)
+        line = one_error_line(proc)
+        assert "vocabulary differs" in line and str(run / "vocab.txt") in line and "train.init_from=" in line
+        assert files() == before
+        assert runs.find_latest(run).name == "step-6"
+    # the checkpoint still evaluates on its own corpus, as before
+    run_cli("evaluate", str(run / "checkpoints" / "step-6"), f"data.dir={original}", "--out", str(tmp_path / "e"))
+
+
+# 8. two runs on one run directory --------------------------------------------------------------
+def _start(run: Path, data: Path, log: Path, *extra: str) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "elmo_dist", *pretrain_args(run, data, *extra)]
+    return subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE, stderr=open(log, "w"), start_new_session=True)
+
+
+def test_a_second_run_on_a_busy_run_directory_is_refused_naming_the_first(tmp_path, grammar_corpus):
+    run = tmp_path / "run"
+    long = ("train.max_steps=400", "checkpoint.every=50")
+    first = _start(run, grammar_corpus, tmp_path / "first.log", *long)
+    try:
+        deadline = time.time() + 120
+        while not (run / ".lock").is_file() or "pid" not in (run / ".lock").read_text():
+            assert first.poll() is None and time.time() < deadline, (tmp_path / "first.log").read_text()
+            time.sleep(0.05)
+        second = run_cli(*pretrain_args(run, grammar_corpus, "train.max_steps=400", "optim.lr=0.5"), check=False)
+        line = one_error_line(second)
+        assert f"in use by another run (pid {first.pid} on " in line
+    finally:
+        first.send_signal(signal.SIGTERM)  # the first stops cleanly with a checkpoint
+        first.wait(120)
+    assert first.returncode == 143, (tmp_path / "first.log").read_text()
+    assert "optim.lr: 0.5" not in (run / "config.yaml").read_text()
+
+
+def test_two_runs_started_together_one_owns_the_directory(tmp_path, grammar_corpus):
+    run = tmp_path / "run"
+    procs = [_start(run, grammar_corpus, tmp_path / f"{i}.log", "train.max_steps=30", "checkpoint.every=5")
+             for i in range(2)]
+    codes = sorted(p.wait(300) for p in procs)
+    logs = "\n".join((tmp_path / f"{i}.log").read_text() for i in range(2))
+    assert codes == [0, 2], logs
+    assert "Traceback" not in logs and logs.count("in use by another run") == 1
+    assert runs.find_latest(run).name == "step-30" and runs.verify(run / "checkpoints" / "step-30") is None
+
+
+def test_a_killed_run_leaves_no_stale_lock(tmp_path, grammar_corpus):
+    run = tmp_path / "run"
+    first = _start(run, grammar_corpus, tmp_path / "first.log", "train.max_steps=400", "checkpoint.every=5")
+    deadline = time.time() + 120
+    while runs.find_latest(run) is None:
+        assert first.poll() is None and time.time() < deadline, (tmp_path / "first.log").read_text()
+        time.sleep(0.05)
+    os.killpg(first.pid, signal.SIGKILL)
+    first.wait(30)
+    assert "pid" in (run / ".lock").read_text()  # the file stays; the kernel dropped the lock
+    run_cli(*pretrain_args(run, grammar_corpus, "train.max_steps=12", "checkpoint.every=5"))
+    assert json.loads((run / "summary.json").read_text())["steps"] >= 12
+
+
+def test_a_second_finetune_on_a_busy_run_directory_is_refused(tmp_path, tiny_bilm):
+    data = write_order_task(tmp_path / "task.jsonl", 400, seed=0)
+    args = ["finetune", str(REPO / "configs/finetune.yaml"), f"bilm.path={tiny_bilm}", f"data.train={data}",
+            f"train.run_dir={tmp_path / 'ft'}", "variants=[frozen]", "train.device=cpu", "baseline=false"]
+    first = subprocess.Popen([sys.executable, "-m", "elmo_dist", *args, "train.epochs=200", "train.patience=200"],
+                             env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        deadline = time.time() + 120
+        while not (tmp_path / "ft" / ".lock").is_file() or "pid" not in (tmp_path / "ft" / ".lock").read_text():
+            assert first.poll() is None and time.time() < deadline, first.stderr.read().decode()
+            time.sleep(0.05)
+        line = one_error_line(run_cli(*args, "train.epochs=1", check=False))
+        assert f"in use by another run (pid {first.pid} on " in line
+    finally:
+        os.killpg(first.pid, signal.SIGKILL)
+        first.wait(30)
+    run_cli(*args, "train.epochs=1")  # the kernel dropped the killed run's lock
+    assert json.loads((tmp_path / "ft" / "summary.json").read_text())["variants"]["frozen"]
+
+
+# 10. resuming with another batch size ----------------------------------------------------------
+def test_resuming_with_another_batch_size_restarts_the_lstm_state(tmp_path, grammar_corpus):
+    run = tmp_path / "run"
+    run_cli(*pretrain_args(run, grammar_corpus, "train.max_steps=6", "checkpoint.every=3"))
+    proc = run_cli(*pretrain_args(run, grammar_corpus, "train.max_steps=10", "data.batch_size=8"), check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert "1 process(es) x 16 rows on 1 x 8: the data position moves" in proc.stderr
+    assert json.loads((run / "summary.json").read_text())["steps"] == 10
