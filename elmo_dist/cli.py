@@ -180,7 +180,9 @@ def cmd_pretrain(args) -> int:
     from elmo_dist.train.trainer import pretrain
 
     cfg = load_config(args.config, args.overrides)
-    summary, is_main = pretrain(cfg, stop_at_step=args.stop_at_step)
+    stopper = args.stopper.configure(cfg.train.stop_signals, cfg.train.deadline_margin_s)
+    summary, is_main = pretrain(cfg, stop_at_step=args.stop_at_step, stopper=stopper)
+    stopper.ignore()
     # every rank exits with the same status, so srun and torchrun report the early stop too
     status = 0 if summary["finished"] else StopRequest.exit_status(summary["stopped"])
     if not is_main:  # rank 0 reports
@@ -251,6 +253,8 @@ def cmd_export_elmo(args) -> int:
     from elmo_dist.interop.elmo_hdf5 import export_elmo
 
     res = export_elmo(args.run, args.out)
+    for warning in res["warnings"]:
+        print(f"elmo-dist: warning: {warning}", file=sys.stderr)
     extra = " + softmax.hdf5, vocab.txt" if res["softmax"] else ""
     print(f"exported {res['source']} -> {res['out']}/options.json, weights.hdf5{extra}")
     return 0
@@ -288,6 +292,12 @@ def _slurm_flags(argv: list[str]) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(_slurm_flags(sys.argv[1:] if argv is None else list(argv)))
+    if args.command == "pretrain":
+        from elmo_dist.config import TrainConfig
+        from elmo_dist.train.stop import StopRequest
+
+        # owned for the whole command (and never handed back): see StopRequest.listen
+        args.stopper = StopRequest(TrainConfig().stop_signals).listen()
     if args.command in ("pretrain", "finetune"):
         from elmo_dist.launch.slurm_env import export_slurm_env
 

@@ -166,8 +166,15 @@ def export_elmo(run: str | Path, out: str | Path) -> dict:
                             "max_characters_per_token": m.max_chars_per_token, "n_characters": 262,
                             "n_highway": m.n_highway},
                "lstm": {"dim": m.lstm_dim, "projection_dim": m.projection_dim, "n_layers": m.n_layers,
-                        "cell_clip": m.cell_clip or 0, "proj_clip": m.proj_clip or 0,
                         "use_skip_connections": m.residual}}
+    # bilm-tf hands these to TF's LSTMCell, where 0 clips to [0, 0] and only a missing key (None)
+    # means "no clipping" (AllenNLP reads 0 as off): an unclipped model omits them
+    for key in ("cell_clip", "proj_clip"):
+        if getattr(m, key):
+            options["lstm"][key] = getattr(m, key)
+    warnings = [] if m.residual else [
+        f"{saved.path}: model.residual is false; AllenNLP's ELMo loader refuses such a file (\"only support "
+        "pretrained biLMs with residual connections\"); bilm-tf reads it"]
     with h5py.File(out / "weights.hdf5.tmp", "w") as f:
         for name, arr in _official_datasets(sd, m).items():
             f.create_dataset(name, data=arr)
@@ -179,7 +186,7 @@ def export_elmo(run: str | Path, out: str | Path) -> dict:
             f.create_dataset("softmax/W", data=sd["softmax.weight"])
             f.create_dataset("softmax/b", data=sd["softmax.bias"])
         shutil.copyfile(saved.home / "vocab.txt", out / "vocab.txt")
-    return {"out": str(out), "source": str(saved.path), "softmax": wrote_softmax}
+    return {"out": str(out), "source": str(saved.path), "softmax": wrote_softmax, "warnings": warnings}
 
 
 def _official_datasets(sd: dict, m) -> dict[str, np.ndarray]:

@@ -11,6 +11,7 @@ Accelerator that sees fewer processes than the launcher started (N independent c
 from __future__ import annotations
 
 import os
+import socket
 import time
 from datetime import timedelta
 
@@ -37,6 +38,18 @@ def _check_launch_env() -> int:
     return world
 
 
+def _single_process_group() -> None:
+    """DeepSpeed always wants a process group; a plain `elmo-dist pretrain` (no launcher) gets a
+    group of one on localhost, as torchrun --nproc_per_node 1 would set it up (debug mode)."""
+    if "RANK" in os.environ:
+        return
+    with socket.socket() as s:  # a free port; the group is made within the next second
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    os.environ.update({"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "LOCAL_WORLD_SIZE": "1",
+                       "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
+
+
 def build_accelerator(cfg) -> Accelerator:
     device = resolve_device(cfg.train.device)
     dist = cfg.dist
@@ -57,6 +70,8 @@ def build_accelerator(cfg) -> Accelerator:
     if dist.zero_stage > 0:
         from elmo_dist.train.deepspeed_config import deepspeed_config
 
+        if expected == 1:
+            _single_process_group()
         plugin = DeepSpeedPlugin(hf_ds_config=deepspeed_config(cfg, expected))
         # no cpu=True here: Accelerate would silently drop the DeepSpeed plugin
         accelerator = Accelerator(deepspeed_plugin=plugin, mixed_precision=dist.mixed_precision,

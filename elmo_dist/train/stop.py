@@ -22,8 +22,6 @@ import signal
 import time
 from enum import Enum
 
-import torch
-
 from elmo_dist.config import parse_signal
 
 # exit statuses of `elmo-dist pretrain` after a clean early stop (checkpoint written)
@@ -53,6 +51,11 @@ class StopReason(str, Enum):
 _REASONS = {0: None, 1: StopReason.DEADLINE, 2: StopReason.REQUEUE, 3: StopReason.TERMINATE}
 
 
+def _env_deadline() -> float | None:
+    raw = os.environ.get("ELMO_DIST_DEADLINE", "")
+    return float(raw) if raw else None
+
+
 class StopRequest:
     """Records stop signals and watches the deadline; `poll` says, identically on every rank, when to stop."""
 
@@ -67,16 +70,41 @@ class StopRequest:
 
     @classmethod
     def from_env(cls, signals: list[str], margin_s: float) -> "StopRequest":
-        raw = os.environ.get("ELMO_DIST_DEADLINE", "")
-        return cls(signals, float(raw) if raw else None, margin_s)
+        return cls(signals, _env_deadline(), margin_s)
+
+    def configure(self, signals: list[str], margin_s: float) -> "StopRequest":
+        """Switch to a run's own signals and deadline (ELMO_DIST_DEADLINE), keeping what was recorded."""
+        self.deadline, self.margin_s = _env_deadline(), margin_s
+        return self.listen(signals)
 
     def _handle(self, signum, frame) -> None:
         self.received = signal.Signals(signum)
 
-    def __enter__(self) -> "StopRequest":
-        for sig in self.signals:
-            self._previous[sig] = signal.signal(sig, self._handle)
+    def listen(self, signals: list[str] | None = None) -> "StopRequest":
+        """Record `signals` (default: the constructor's) from now on; handlers of signals dropped
+        from an earlier call are restored. The CLI calls this before anything else and keeps the
+        handlers until the process exits: a signal during start-up then stops the run at its first
+        step boundary, and one after the final checkpoint no longer kills a finished run."""
+        wanted = self.signals if signals is None else [parse_signal(s) for s in signals]
+        for sig in [s for s in self._previous if s not in wanted]:
+            signal.signal(sig, self._previous.pop(sig))
+        for sig in wanted:
+            if sig not in self._previous:
+                self._previous[sig] = signal.signal(sig, self._handle)
+        self.signals = wanted
+        if self.received is not None and self.received not in wanted:
+            self.received = None
         return self
+
+    def ignore(self) -> None:
+        """Ignore the stop signals from now on: the run has ended and its work is saved. (Python
+        resets its own handlers to the default, fatal action while the interpreter shuts down, which
+        killed a finished run that received USR2 at that moment; an ignored signal stays ignored.)"""
+        for sig in self.signals:
+            signal.signal(sig, signal.SIG_IGN)
+
+    def __enter__(self) -> "StopRequest":
+        return self.listen()
 
     def __exit__(self, *exc) -> None:
         for sig, handler in self._previous.items():
@@ -105,6 +133,8 @@ class StopRequest:
             self._polls += 1
             if self._polls % SYNC_EVERY:
                 return None
+            import torch  # only here: the CLI imports this module before torch, to own the signals early
+
             flag = torch.tensor([code], device=accelerator.device)
             code = int(accelerator.gather(flag).max())
         return _REASONS[code]

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -300,16 +301,17 @@ class Trainer:
         corpus = {"tokenizer": opts["tokenizer"], "lowercase": opts["lowercase"], "data_dir": str(self.corpus.dir)}
         (self.run_dir / "corpus.json").write_text(json.dumps(corpus, indent=1))
 
-    def train(self) -> dict:
+    def train(self, stopper: StopRequest | None = None) -> dict:
         """Train from the current step to train.max_steps (or --stop-at-step, or a stop request);
         the run's summary (also written to RUN_DIR/summary.json). The run directory's lock is
-        released at the end, however it ends."""
+        released at the end, however it ends. `stopper`: signal handling the caller already owns
+        (the CLI's, for the whole command); by default the loop installs its own for its duration."""
         try:
-            return self._train()
+            return self._train(stopper)
         finally:
             self.lock.release()
 
-    def _train(self) -> dict:
+    def _train(self, stopper: StopRequest | None) -> dict:
         cfg, acc = self.cfg, self.accelerator
         self._write_run_files()
         self.metrics.text("config", to_yaml(cfg), self.step)
@@ -318,8 +320,9 @@ class Trainer:
                  acc.num_processes, acc.device, sum(p.numel() for p in self.model.parameters()) / 1e6)
         start_step, t0 = self.step, time.perf_counter()
         # signals that arrive mid-step are recorded and acted on at the step boundary, saves included
-        with StopRequest.from_env(cfg.train.stop_signals, cfg.train.deadline_margin_s) as stopper:
-            res = self._loop(stop, stopper)
+        owned = stopper or StopRequest.from_env(cfg.train.stop_signals, cfg.train.deadline_margin_s)
+        with nullcontext(owned) if stopper else owned:
+            res = self._loop(stop, owned)
             train_seconds = time.perf_counter() - t0
             if self.step >= cfg.train.max_steps:
                 res = self.evaluate()
@@ -379,12 +382,12 @@ class Trainer:
         return self.summary
 
 
-def pretrain(cfg: Config, stop_at_step: int = 0) -> tuple[dict, bool]:
+def pretrain(cfg: Config, stop_at_step: int = 0, stopper: StopRequest | None = None) -> tuple[dict, bool]:
     """Train (or resume) a run: (its summary, whether this is the main process).
 
     summary["stopped"] is None when the run reached its step target, else why it stopped early
     (a checkpoint was written; running it again resumes): see elmo_dist.train.stop.
     """
     trainer = Trainer(cfg, stop_at_step)
-    summary = trainer.train()
+    summary = trainer.train(stopper)
     return summary, trainer.accelerator.is_main_process

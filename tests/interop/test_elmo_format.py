@@ -135,6 +135,8 @@ def test_the_raw_switch_feeds_bare_tokens_and_differs_from_the_convention(offici
 def test_export_then_import_round_trips_exactly(official, tmp_path):
     d, _ = official
     run_cli("export-elmo", str(d / "imported"), str(tmp_path / "exported"))
+    lstm = json.loads((tmp_path / "exported" / "options.json").read_text())["lstm"]
+    assert lstm["cell_clip"] == 3 and lstm["proj_clip"] == 3 and lstm["use_skip_connections"] is True
     with h5py.File(tmp_path / "exported" / "weights.hdf5") as a, h5py.File(d / "weights.hdf5") as b:
         names = []
         a.visititems(lambda n, obj: names.append(n) if isinstance(obj, h5py.Dataset) else None)
@@ -155,8 +157,11 @@ def weights_names(f):
 
 def test_a_trained_run_round_trips_with_its_softmax(tiny_bilm, grammar_corpus, tmp_path):
     out = tmp_path / "elmo"
-    run_cli("export-elmo", str(tiny_bilm), str(out))
+    proc = run_cli("export-elmo", str(tiny_bilm), str(out))
     assert {p.name for p in out.iterdir()} >= {"options.json", "weights.hdf5", "softmax.hdf5", "vocab.txt"}
+    # unclipped: bilm-tf's TF LSTMCell reads 0 as "clip to [0, 0]"; only a missing key means no clipping
+    lstm = json.loads((out / "options.json").read_text())["lstm"]
+    assert "cell_clip" not in lstm and "proj_clip" not in lstm and "warning" not in proc.stderr
     run_cli("import-elmo", str(out / "options.json"), str(out / "weights.hdf5"), str(tmp_path / "back"),
             "--vocab", str(out / "vocab.txt"), "--softmax", str(out / "softmax.hdf5"))
     a = Embedder.from_run(tiny_bilm, "cpu").embed_sentences([["the", "cat", "sees", "the", "fish", "."]])[0]
@@ -170,6 +175,16 @@ def test_a_trained_run_round_trips_with_its_softmax(tiny_bilm, grammar_corpus, t
                     "train.device=cpu", "--out", str(tmp_path / "eb")).stdout
     mean = [json.loads((tmp_path / e / "summary.json").read_text())["val_ppl"] for e in ("ea", "eb")]
     assert abs(mean[0] - mean[1]) / mean[0] < 1e-4, (ppl_a, ppl_b)
+
+
+def test_exporting_a_model_without_residual_connections_warns(grammar_corpus, tmp_path):
+    run_cli("pretrain", str(REPO / "configs/debug.yaml"), f"data.dir={grammar_corpus}",
+            f"train.run_dir={tmp_path / 'run'}", *TINY_OVERRIDES, "train.max_steps=2", "train.eval_every=0",
+            "model.residual=false")
+    proc = run_cli("export-elmo", str(tmp_path / "run"), str(tmp_path / "elmo"))
+    warnings = [line for line in proc.stderr.splitlines() if line.startswith("elmo-dist: warning:")]
+    assert len(warnings) == 1 and "residual" in warnings[0] and "AllenNLP" in warnings[0]
+    assert json.loads((tmp_path / "elmo" / "options.json").read_text())["lstm"]["use_skip_connections"] is False
 
 
 def test_embed_on_an_import_writes_the_documented_hdf5(official, tmp_path):

@@ -164,3 +164,54 @@ def test_resuming_with_another_batch_size_restarts_the_lstm_state(tmp_path, gram
     assert proc.returncode == 0, proc.stderr
     assert "1 process(es) x 16 rows on 1 x 8: the data position moves" in proc.stderr
     assert json.loads((run / "summary.json").read_text())["steps"] == 10
+
+
+# 12. signals outside the training loop ------------------------------------------------------------
+def _wait_until(predicate, proc, log: Path, timeout: float = 120) -> None:
+    deadline = time.time() + timeout
+    while not predicate():
+        assert proc.poll() is None and time.time() < deadline, log.read_text()
+        time.sleep(0.02)
+
+
+def test_usr2_during_start_up_stops_at_the_first_step_boundary(tmp_path, grammar_corpus):
+    run, log = tmp_path / "run", tmp_path / "log"
+    proc = _start(run, grammar_corpus, log, "train.max_steps=200", "checkpoint.every=0")
+    # the lock is taken first thing in the trainer's start-up, before the corpus and the model
+    _wait_until(lambda: (run / ".lock").is_file() and "pid" in (run / ".lock").read_text(), proc, log)
+    proc.send_signal(signal.SIGUSR2)
+    assert proc.wait(120) == 75, log.read_text()
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["stopped"] == "requeue signal" and summary["steps"] < 200
+    assert runs.find_latest(run).name == f"step-{summary['steps']}"
+
+
+def test_usr2_after_the_final_checkpoint_leaves_a_finished_run_finished(tmp_path, grammar_corpus):
+    """The signal arrives while the finished run writes its summary and exits: status 0 (Slurm would
+    otherwise mark a finished job failed)."""
+    delivered = 0
+    for attempt in range(3):
+        run, log = tmp_path / f"run{attempt}", tmp_path / f"log{attempt}"
+        proc = _start(run, grammar_corpus, log, "train.max_steps=4", "checkpoint.every=0")
+        _wait_until(lambda run=run: (run / "summary.json").is_file(), proc, log)
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGUSR2)
+            delivered += 1
+        assert proc.wait(120) == 0, log.read_text()
+        assert json.loads((run / "summary.json").read_text())["finished"]
+    assert delivered >= 1, "every run had exited before the signal could be sent"
+
+
+# 11. ZeRO without a launcher -------------------------------------------------------------------
+def test_zero_on_one_process_without_a_launcher_trains_and_resumes(tmp_path, grammar_corpus):
+    """Debug mode with the cluster's config: `dist.zero_stage=2` used to end in `ValueError: Default
+    process group has not been initialized`."""
+    run = tmp_path / "run"
+    env = {k: v for k, v in ENV.items() if k not in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
+    for steps in (3, 5):
+        proc = subprocess.run([sys.executable, "-m", "elmo_dist",
+                               *pretrain_args(run, grammar_corpus, f"train.max_steps={steps}", "dist.zero_stage=2")],
+                              env=env, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr
+    assert "resumed from" in proc.stderr and json.loads((run / "summary.json").read_text())["steps"] == 5
+    assert (run / "checkpoints" / "step-5" / "deepspeed").is_dir()
