@@ -4,18 +4,24 @@ checkpoint fits the command that wants to resume it.
     own_run_dir(accelerator, lock, run_dir)          # RunDirBusy on every rank if another run holds it
     check_fits(latest, cfg, vocab)                   # architecture and vocabulary, or CheckpointError
     same_layout = check_layout(path, state, cfg, n)  # ZeRO layout, or CheckpointError; False = fresh LSTM state
+    good = set_aside_unusable(run_dir, corpus, cfg)  # after a divergence: the newest usable checkpoint
 
 Each refusal is one line naming the checkpoint and what to do instead.
 """
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import torch
 
 from elmo_dist.config import Config, arch_diff, load_config
+from elmo_dist.data.batching import eval_batches
+from elmo_dist.data.corpus import PreparedCorpus
 from elmo_dist.data.vocab import Vocabulary
 from elmo_dist.errors import CheckpointError
+from elmo_dist.runs import checkpoint_dir, list_steps, open_run, verify
+from elmo_dist.train.evaluate import to_device
 from elmo_dist.train.lock import RunDirBusy, RunDirLock
 from elmo_dist.train.metrics import log
 
@@ -74,3 +80,36 @@ def check_layout(path: Path, state: dict, cfg: Config, num_processes: int) -> bo
                     "the same fraction of the epoch and the LSTM state restarts", state["world_size"], rows,
                     num_processes, cfg.data.batch_size)
     return same
+
+
+@torch.no_grad()
+def usable(path: Path, corpus: PreparedCorpus, cfg: Config) -> bool:
+    """Whether a checkpoint can be continued from and evaluated: every weight finite, and the exact
+    (full-softmax) loss of one held-out window finite. A run whose first updates were finite but
+    absurd (lr 1e30: weights of 8e28) saved checkpoints that passed the first test and failed the
+    second (held-out perplexity nan)."""
+    saved = open_run(path)
+    if not all(torch.isfinite(t).all() for t in saved.weights().values()):
+        return False
+    model = saved.build_model("cpu", len(corpus.vocab), cfg.model)
+    batch = next(eval_batches(corpus, min(cfg.data.eval_batch_size, 8), cfg.data.unroll_steps, 4096), None)
+    if batch is None:
+        return True
+    out = model(to_device(batch, torch.device("cpu")), None, full_softmax=True)
+    return math.isfinite(float(out["nll_fwd"] + out["nll_bwd"]))
+
+
+def set_aside_unusable(run_dir: Path, corpus: PreparedCorpus, cfg: Config) -> Path | None:
+    """After a divergence: the newest complete checkpoint that is `usable`. Newer ones that are not
+    are renamed `rejected-step-N` (kept for inspection, never resumed), so that running the same
+    command again continues from the good one."""
+    root = checkpoint_dir(run_dir)
+    for step in reversed(list_steps(root)):
+        path = root / f"step-{step}"
+        if verify(path) is not None:
+            continue  # half-written or damaged: resuming skips it anyway
+        if usable(path, corpus, cfg):
+            return path
+        path.rename(root / f"rejected-step-{step}")
+        log.warning("%s: not finite or not evaluable; set aside as %s", path, root / f"rejected-step-{step}")
+    return None

@@ -31,7 +31,7 @@ from elmo_dist.train.guard import NonFiniteGuard, Verdict
 from elmo_dist.train.lock import RunDirLock
 from elmo_dist.train.metrics import MetricsLogger, log, setup_logging
 from elmo_dist.train.optim import build_optimizer, lr_at
-from elmo_dist.train.resume import check_fits, check_layout, own_run_dir
+from elmo_dist.train.resume import check_fits, check_layout, own_run_dir, set_aside_unusable
 from elmo_dist.train.stop import StopReason, StopRequest
 from elmo_dist.train.warm_start import warm_start
 
@@ -221,12 +221,13 @@ class Trainer:
             log.warning("step %d: non-finite loss or gradient; update skipped (%d in a row, %d in all)",
                         self.step, g.streak, g.skipped)
             return
-        latest = find_latest(self.run_dir)
-        kept = f"the last good checkpoint {latest} is intact" if latest else "no checkpoint was written yet"
+        good = set_aside_unusable(self.run_dir, self.corpus, self.cfg) if self.accelerator.is_main_process else None
+        kept = (f"the last good checkpoint is {good} (finite and evaluable; later ones were set aside as "
+                "rejected-step-N)" if good else "no checkpoint is finite and evaluable, so the run starts over")
         raise TrainingDiverged(f"step {self.step}: {g.streak} step(s) in a row with a non-finite loss or gradient "
                                f"(train.nonfinite={self.cfg.train.nonfinite}, train.max_nonfinite_steps="
                                f"{self.cfg.train.max_nonfinite_steps}); stopped, {kept}. Lower optim.lr or raise "
-                               "optim.grad_clip, then resume")
+                               "optim.grad_clip and run the same command again")
 
     def _count_fp16_skips(self) -> None:
         """fp16 loss scaling skips a step when gradients overflow; count them, for TensorBoard."""
@@ -326,8 +327,14 @@ class Trainer:
             train_seconds = time.perf_counter() - t0
             if self.step >= cfg.train.max_steps:
                 res = self.evaluate()
-            path = self.save()
+            path = self.save() if not self.guard.streak else self._no_save_in_streak()
         return self._finish(res, path, start_step, train_seconds)
+
+    def _no_save_in_streak(self) -> Path | None:
+        latest = find_latest(self.run_dir)
+        log.warning("step %d is inside a streak of %d non-finite steps: no checkpoint written; the newest is %s",
+                    self.step, self.guard.streak, latest)
+        return latest
 
     def _loop(self, stop: int, stopper: StopRequest) -> dict | None:
         """Steps until `stop` or a stop request, with logging, evaluation and checkpoints on the way;
@@ -347,7 +354,10 @@ class Trainer:
                 break
             if cfg.train.eval_every and self.step % cfg.train.eval_every == 0 and self.step < cfg.train.max_steps:
                 res = self.evaluate()
-            if cfg.checkpoint.every and self.step % cfg.checkpoint.every == 0 and self.step < stop:
+            # never during a non-finite streak: such a checkpoint would be called good, and rotating
+            # (checkpoint.keep_last) could remove the last one written before the streak
+            if cfg.checkpoint.every and self.step % cfg.checkpoint.every == 0 and self.step < stop \
+                    and not self.guard.streak:
                 self.save()
         if bar is not None:
             bar.close()

@@ -71,7 +71,7 @@ def test_consecutive_bad_steps_stop_with_the_step_and_last_good_checkpoint(tmp_p
         trainer.train()
     msg = str(err.value)
     assert msg.startswith("step 10: 3 step(s) in a row with a non-finite loss or gradient")
-    assert f"{run / 'checkpoints' / 'step-5'} is intact" in msg
+    assert f"the last good checkpoint is {run / 'checkpoints' / 'step-5'} (finite and evaluable" in msg
     assert (runs.find_latest(run) == run / "checkpoints" / "step-5"
             and runs.verify(run / "checkpoints" / "step-5") is None)
     assert not (run / "summary.json").exists()
@@ -92,3 +92,39 @@ def test_a_real_blow_up_ends_in_one_error_line(tmp_path, grammar_corpus):
     err = [line for line in proc.stderr.splitlines() if "error" in line]
     assert len(err) == 1 and "non-finite loss or gradient" in err[0] and "Traceback" not in proc.stderr
     assert not (tmp_path / "run" / "summary.json").exists()
+
+
+def test_no_checkpoint_is_written_or_rotated_during_a_streak(tmp_path, grammar_corpus, monkeypatch):
+    """Issue 15, case 9: saving at steps 8 and 10 inside the streak called them good and, with
+    keep_last=2, rotated away step-4 and step-6, the last ones written before it."""
+    poison(monkeypatch, set(range(7, 100)))
+    run = tmp_path / "run"
+    trainer = make_trainer(run, grammar_corpus, "train.max_steps=40", "checkpoint.every=2", "checkpoint.keep_last=2",
+                           "train.max_nonfinite_steps=6")
+    with pytest.raises(TrainingDiverged) as err:
+        trainer.train()
+    assert str(err.value).startswith("step 12: 6 step(s) in a row")
+    assert f"the last good checkpoint is {run / 'checkpoints' / 'step-6'}" in str(err.value)
+    assert runs.list_steps(run / "checkpoints") == [4, 6]
+
+
+def test_the_named_checkpoint_evaluates_and_the_advice_works(tmp_path, grammar_corpus):
+    """Issue 15, case 2: with lr 1e30 the first updates are finite but absurd (weights of 8e28); the
+    checkpoint the guard called good evaluated to nan and resuming from it diverged again."""
+    run = tmp_path / "run"
+    args = ["pretrain", str(REPO / "configs/debug.yaml"), f"data.dir={grammar_corpus}", f"train.run_dir={run}",
+            *TINY_OVERRIDES, "train.max_steps=30", "train.eval_every=0", "checkpoint.every=1", "optim.name=adam",
+            "optim.grad_clip=0"]
+    proc = run_cli(*args, "optim.lr=1e30", check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    line = [ln for ln in proc.stderr.splitlines() if ln.startswith("elmo-dist: error:")][0]
+    assert "run the same command again" in line
+    kept = runs.list_steps(run / "checkpoints")
+    rejected = sorted(p.name for p in (run / "checkpoints").glob("rejected-step-*"))
+    assert rejected, "the absurd checkpoints were set aside"
+    for step in kept:  # whatever is still called a checkpoint evaluates to a finite perplexity
+        run_cli("evaluate", str(run / "checkpoints" / f"step-{step}"), "--out", str(tmp_path / f"e{step}"))
+        assert json.loads((tmp_path / f"e{step}" / "summary.json").read_text())["val_ppl"] < 1e6
+    again = run_cli(*args, "optim.lr=0.01", check=False)  # the advice: a lower lr, the same command
+    assert again.returncode == 0, again.stderr
+    assert json.loads((run / "summary.json").read_text())["finished"]
