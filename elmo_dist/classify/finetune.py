@@ -121,8 +121,11 @@ def finetune(cfg: FinetuneConfig) -> dict:
     """Train every variant (x every seed), compare them with the TF-IDF baseline; the summary."""
     group = _group(cfg)
     setup_logging(group.is_main)
-    with _own_run_dir(Path(cfg.train.run_dir), group):
+    lock = _own_run_dir(Path(cfg.train.run_dir), group)  # held by the main process only
+    try:
         summary = _finetune(cfg, group)
+    finally:
+        lock.release()
     group.close()
     return summary
 

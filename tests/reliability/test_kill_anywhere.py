@@ -48,6 +48,29 @@ def _wait_for(predicate, proc, timeout=120, interval=0.0005) -> bool:
     raise AssertionError("the run neither progressed nor ended")
 
 
+def _descendants(pid: int) -> list[int]:
+    """Every process below `pid` (torchrun starts its workers in sessions of their own, so killing
+    torchrun's process group alone leaves them running: orphans that go on writing the run)."""
+    found = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            children = [int(c) for c in (task / "children").read_text().split()]
+        except OSError:
+            continue
+        for child in children:
+            found += [child, *_descendants(child)]
+    return found
+
+
+def kill_tree(proc: subprocess.Popen) -> None:
+    """SIGKILL the command and everything it started, as a node failure would."""
+    for pid in [proc.pid, *_descendants(proc.pid)]:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
 def run_with_kills(cmd: list[str], run: Path, plan: list[str], rng: random.Random, log: Path) -> dict:
     """Start, kill per plan ('timed' or 'write'), restart with the same command until it finishes."""
     stats = {"kills": 0, "during_write": 0, "restarts": 0}
@@ -66,7 +89,7 @@ def run_with_kills(cmd: list[str], run: Path, plan: list[str], rng: random.Rando
         elif alive:
             alive = _wait_for(lambda: ckpts.is_dir() and any(p.name.startswith(".tmp-") for p in ckpts.iterdir()), proc)
         if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
+            kill_tree(proc)
             stats["kills"] += 1
             stats["during_write"] += ckpts.is_dir() and any(p.name.startswith(".tmp-") for p in ckpts.iterdir())
         proc.wait()
