@@ -34,7 +34,7 @@ from elmo_dist.classify.group import Group
 from elmo_dist.classify.variant import VariantRun
 from elmo_dist.config import FinetuneConfig
 from elmo_dist.embedder import Embedder
-from elmo_dist.train.lock import RunDirBusy, RunDirLock
+from elmo_dist.train.lock import RunDirLock, own_run_dir
 from elmo_dist.train.metrics import log, setup_logging
 
 
@@ -103,25 +103,12 @@ def _labels(splits: Splits) -> dict[str, np.ndarray]:
     return {s: np.array([index[ex.label] for ex in getattr(splits, s)]) for s in ("train", "valid", "test")}
 
 
-def _own_run_dir(run_dir: Path, group: Group) -> RunDirLock:
-    """The main process locks the run directory; when another run holds it, every process refuses."""
-    lock, message = RunDirLock(run_dir), None
-    if group.is_main:
-        try:
-            lock.acquire()
-        except RunDirBusy as e:
-            message = str(e)
-    message = group.broadcast(message)
-    if message:
-        raise RunDirBusy(message)
-    return lock
-
-
 def finetune(cfg: FinetuneConfig) -> dict:
     """Train every variant (x every seed), compare them with the TF-IDF baseline; the summary."""
     group = _group(cfg)
     setup_logging(group.is_main)
-    lock = _own_run_dir(Path(cfg.train.run_dir), group)  # held by the main process only
+    lock = RunDirLock(cfg.train.run_dir)
+    own_run_dir(lock, group.is_main, group.broadcast)  # held by the main process only
     try:
         summary = _finetune(cfg, group)
     finally:

@@ -66,3 +66,17 @@ class RunDirLock:
 
     def __exit__(self, *exc) -> None:
         self.release()
+
+
+def own_run_dir(lock: RunDirLock, is_main: bool, broadcast=lambda obj: obj) -> None:
+    """The main process takes `lock`; `broadcast` (the main process's object, on every process) lets
+    every process refuse with the main one's message, naming the owner, when another run holds it."""
+    message = None
+    if is_main:
+        try:
+            lock.acquire()
+        except RunDirBusy as e:
+            message = str(e)
+    message = broadcast(message)
+    if message:
+        raise RunDirBusy(message)

@@ -1,7 +1,6 @@
-"""What the trainer checks before it continues a run: who owns the directory, and whether the newest
+"""What the trainer checks before it continues a run: whether the newest
 checkpoint fits the command that wants to resume it.
 
-    own_run_dir(accelerator, lock, run_dir)          # RunDirBusy on every rank if another run holds it
     check_fits(latest, cfg, vocab)                   # architecture and vocabulary, or CheckpointError
     same_layout = check_layout(path, state, cfg, n)  # ZeRO layout, or CheckpointError; False = fresh LSTM state
     good = set_aside_unusable(run_dir, corpus, cfg)  # after a divergence: the newest usable checkpoint
@@ -22,25 +21,7 @@ from elmo_dist.data.vocab import Vocabulary
 from elmo_dist.errors import CheckpointError
 from elmo_dist.runs import checkpoint_dir, list_steps, open_run, verify
 from elmo_dist.train.evaluate import to_device
-from elmo_dist.train.lock import RunDirBusy, RunDirLock
 from elmo_dist.train.metrics import log
-
-
-def own_run_dir(accelerator, lock: RunDirLock, run_dir: Path) -> None:
-    """The main process takes the run directory's lock before anything there is touched; when
-    another run holds it, every rank refuses (the main one naming the owner)."""
-    error = None
-    if accelerator.is_main_process:
-        try:
-            lock.acquire()
-        except RunDirBusy as e:
-            error = e
-    if accelerator.num_processes > 1:
-        busy = accelerator.gather(torch.tensor([int(error is not None)], device=accelerator.device)).sum()
-        if busy and error is None:
-            error = RunDirBusy(f"{run_dir}: in use by another run (the main process names it)")
-    if error is not None:
-        raise error
 
 
 def check_fits(latest: Path, cfg: Config, vocab: Vocabulary) -> None:

@@ -28,10 +28,10 @@ from elmo_dist.train import checkpoint as ckpt
 from elmo_dist.train.accel import build_accelerator, shut_down
 from elmo_dist.train.evaluate import evaluate_bilm, perplexity, to_device, unigram_ppl
 from elmo_dist.train.guard import NonFiniteGuard, Verdict
-from elmo_dist.train.lock import RunDirLock
+from elmo_dist.train.lock import RunDirLock, own_run_dir
 from elmo_dist.train.metrics import MetricsLogger, log, setup_logging
 from elmo_dist.train.optim import build_optimizer, lr_at
-from elmo_dist.train.resume import check_fits, check_layout, own_run_dir, set_aside_unusable
+from elmo_dist.train.resume import check_fits, check_layout, set_aside_unusable
 from elmo_dist.train.stop import StopReason, StopRequest
 from elmo_dist.train.warm_start import warm_start
 
@@ -53,7 +53,7 @@ class Trainer:
         setup_logging(acc.is_main_process)
         self.run_dir = Path(cfg.train.run_dir)
         self.lock = RunDirLock(self.run_dir)
-        own_run_dir(acc, self.lock, self.run_dir)
+        own_run_dir(self.lock, acc.is_main_process, self._broadcast)
         self.corpus = PreparedCorpus(cfg.data.dir, cfg.model.max_chars_per_token)
         torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
         self.model = build_bilm(cfg.model, len(self.corpus.vocab))
@@ -248,6 +248,13 @@ class Trainer:
         if clip > 0:
             return acc.clip_grad_norm_(params, clip).detach()
         return torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params])).detach()
+
+    def _broadcast(self, obj):
+        if self.accelerator.num_processes == 1:
+            return obj
+        from accelerate.utils import broadcast_object_list
+
+        return broadcast_object_list([obj])[0]
 
     def _reduce(self, t: torch.Tensor) -> torch.Tensor:
         return self.accelerator.reduce(t, reduction="sum") if self.accelerator.num_processes > 1 else t
