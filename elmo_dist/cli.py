@@ -176,20 +176,24 @@ def _print_ppl(summary: dict) -> None:
 
 def cmd_pretrain(args) -> int:
     from elmo_dist.config import load_config
-    from elmo_dist.train.stop import StopRequest
+    from elmo_dist.train.stop import StopReason, StopRequest, under_elastic_agent
     from elmo_dist.train.trainer import pretrain
 
     cfg = load_config(args.config, args.overrides)
     stopper = args.stopper.configure(cfg.train.stop_signals, cfg.train.deadline_margin_s)
     summary, is_main = pretrain(cfg, stop_at_step=args.stop_at_step, stopper=stopper)
     stopper.ignore()
-    # every rank exits with the same status, so srun and torchrun report the early stop too
-    status = 0 if summary["finished"] else StopRequest.exit_status(summary["stopped"])
+    # every rank exits with the same status, so srun reports the early stop too
+    reason = None if summary["finished"] else summary["stopped"]
+    status = StopRequest.exit_status(reason)
     if not is_main:  # rank 0 reports
         return status
-    if status:
-        print(f"stopped at step {summary['steps']} ({summary['stopped']}); checkpoint {summary['checkpoint']}. "
-              f"Run the same command again to resume (exit status {status}).", file=sys.stderr)
+    if reason is not None:
+        why = (f"exit status 0, not {StopReason(reason).exit_status}: under torchrun any other status counts as "
+               "a failure and, with --max-restarts, restarts the run" if under_elastic_agent()
+               else f"exit status {status}")
+        print(f"stopped at step {summary['steps']} ({reason}); checkpoint {summary['checkpoint']}. "
+              f"Run the same command again to resume ({why}).", file=sys.stderr)
         return status
     _print_ppl(summary)
     print(f"steps {summary['steps']}, {summary['tokens_per_s']:,.0f} tokens/s; run directory {cfg.train.run_dir} "
@@ -294,10 +298,12 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(_slurm_flags(sys.argv[1:] if argv is None else list(argv)))
     if args.command == "pretrain":
         from elmo_dist.config import TrainConfig
-        from elmo_dist.train.stop import StopRequest
+        from elmo_dist.train.stop import StopRequest, stop_when_parent_dies, under_elastic_agent
 
         # owned for the whole command (and never handed back): see StopRequest.listen
         args.stopper = StopRequest(TrainConfig().stop_signals).listen()
+        if under_elastic_agent():  # not an orphan that trains on when torchrun dies
+            stop_when_parent_dies()
     if args.command in ("pretrain", "finetune"):
         from elmo_dist.launch.slurm_env import export_slurm_env
 

@@ -24,3 +24,7 @@ class CheckpointError(UserError):
 
 class TrainingDiverged(UserError):
     """Training hit too many non-finite steps in a row; the message names the step and the last good checkpoint."""
+
+
+class LaunchError(UserError):
+    """The processes of a run could not form their group (one died, never started or can't be reached)."""

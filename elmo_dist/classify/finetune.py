@@ -95,7 +95,7 @@ def _group(cfg: FinetuneConfig) -> Group:
         return Group()
     from elmo_dist.train.accel import build_data_parallel
 
-    return Group(build_data_parallel(cfg.train.device, cfg.dist.backend, cfg.dist.timeout_minutes))
+    return Group(build_data_parallel(cfg.train.device, cfg.dist))
 
 
 def _labels(splits: Splits) -> dict[str, np.ndarray]:

@@ -137,7 +137,13 @@ class FinetuneDist:
     """Process-group backend when several processes fine-tune (torchrun, srun): auto (nccl on CUDA,
     gloo on CPU), gloo or nccl."""
     timeout_minutes: int = 30
-    """How long a collective may wait before the run fails instead of hanging."""
+    """How long a collective may wait, once the processes have formed their group, before the run
+    fails instead of hanging."""
+    connect_timeout_s: int = 300
+    """How long forming the process group may take (seconds): every process must have started and
+    reached the others within this, or the start fails in one line naming the rendezvous address.
+    Bounds the wait for a process that died or never started (under torchrun --max-restarts a
+    lost worker once kept the others in gloo's connect for over 10 minutes)."""
 
 
 @dataclass
@@ -190,7 +196,8 @@ def validate_finetune(cfg: FinetuneConfig) -> None:
     _require(all(isinstance(s, int) for s in cfg.train.seeds) and len(set(cfg.train.seeds)) == len(cfg.train.seeds),
              "train.seeds", f"must be a list of distinct integers, got {cfg.train.seeds}")
     _require(cfg.dist.backend in ("auto", "gloo", "nccl"), "dist.backend", "must be auto, gloo or nccl")
-    _require(cfg.dist.timeout_minutes > 0, "dist.timeout_minutes", "must be positive")
+    for key in ("timeout_minutes", "connect_timeout_s"):
+        _require(getattr(cfg.dist, key) > 0, f"dist.{key}", "must be positive")
     _require(cfg.optim.decay in ("none", "linear", "cosine"), "optim.decay",
              f"must be none, linear or cosine, got '{cfg.optim.decay}'")
     _require(cfg.optim.warmup_steps >= 0, "optim.warmup_steps", "must be >= 0")

@@ -74,6 +74,12 @@ class DataConfig:
     """Evaluation lanes in all (split across processes, so every process count gives the same result)."""
     max_eval_tokens: int = 0
     """Evaluate on at most this many held-out tokens (0 = all)."""
+    eval_context_tokens: int = 200
+    """Held-out text each evaluation lane reads, unscored, before its first scored window: the forward
+    LSTM the text before the lane, the backward LSTM the text after it (rounded up to whole windows,
+    at most one lane). A lane then starts with the state one long pass would have had there, so the
+    perplexity hardly depends on eval_batch_size; 0 starts every lane from a zero state, which makes
+    more lanes report a higher perplexity (README, Evaluation)."""
 
 
 @dataclass
@@ -174,7 +180,13 @@ class DistConfig:
     backend: str = "auto"
     """Process-group backend: auto (nccl on CUDA, gloo on CPU), gloo or nccl."""
     timeout_minutes: int = 30
-    """How long a collective may wait before the run fails instead of hanging."""
+    """How long a collective may wait, once the processes have formed their group, before the run
+    fails instead of hanging."""
+    connect_timeout_s: int = 300
+    """How long forming the process group may take (seconds): every process must have started and
+    reached the others within this, or the start fails in one line naming the rendezvous address.
+    Bounds the wait for a process that died or never started (under torchrun --max-restarts a
+    lost worker once kept the others in gloo's connect for over 10 minutes)."""
 
 
 @dataclass
@@ -258,7 +270,8 @@ def validate(cfg: Config) -> None:
              "must be a list of [width, count] pairs of positive integers")
     for key in ("batch_size", "unroll_steps", "eval_batch_size"):
         _require(getattr(d, key) > 0, f"data.{key}", f"must be positive, got {getattr(d, key)}")
-    _require(d.max_eval_tokens >= 0, "data.max_eval_tokens", "must be >= 0")
+    for key in ("max_eval_tokens", "eval_context_tokens"):
+        _require(getattr(d, key) >= 0, f"data.{key}", f"must be >= 0, got {getattr(d, key)}")
     _require(o.name in ("adagrad", "adam"), "optim.name", f"must be adagrad or adam, got '{o.name}'")
     _require(o.lr > 0, "optim.lr", f"must be positive, got {o.lr}")
     _require(o.decay in ("none", "linear", "cosine"), "optim.decay", f"must be none, linear or cosine, got '{o.decay}'")
@@ -284,7 +297,8 @@ def validate(cfg: Config) -> None:
     _require(dist.gradient_accumulation_steps >= 1, "dist.gradient_accumulation_steps", "must be >= 1")
     _require(dist.backend in ("auto", "gloo", "nccl"), "dist.backend",
              f"must be auto, gloo or nccl, got '{dist.backend}'")
-    _require(dist.timeout_minutes > 0, "dist.timeout_minutes", "must be positive")
+    for key in ("timeout_minutes", "connect_timeout_s"):
+        _require(getattr(dist, key) > 0, f"dist.{key}", "must be positive")
     _require(dist.zero_stage in (0, 1, 2, 3), "dist.zero_stage", f"must be 0, 1, 2 or 3, got {dist.zero_stage}")
     _require(dist.offload_optimizer in ("none", "cpu"), "dist.offload_optimizer", "must be none or cpu")
     _require(dist.offload_params in ("none", "cpu"), "dist.offload_params", "must be none or cpu")

@@ -47,7 +47,8 @@ class SlurmConfig:
     signal_delay_s: int = 120
     """Slurm sends USR2 this many seconds before the time limit; the trainer checkpoints and the job is requeued."""
     max_requeues: int = 20
-    """Give up after this many preemptions/timeouts of one job."""
+    """How many times one pretraining job may be requeued, preemptions and timeouts together; the
+    next stop then fails the job with a line naming its checkpoint (submit again to resume)."""
     extra: list = field(default_factory=list)
     """Further sbatch options, e.g. [exclusive, reservation=abc] -> --exclusive --reservation=abc."""
     setup: list = field(default_factory=list)

@@ -140,10 +140,14 @@ class WindowBatcher:
 
 
 def eval_batches(corpus: PreparedCorpus, rows: int, unroll_steps: int, max_tokens: int = 0,
-                 split: str = "heldout", rank: int = 0, world_size: int = 1):
+                 split: str = "heldout", rank: int = 0, world_size: int = 1, context_tokens: int = 0):
     """Every held-out token once, in `rows` lanes padded to whole windows; rank r takes lanes r, r+W, ...
 
     The lanes don't depend on the number of processes, so the summed result is the same on any.
+    With `context_tokens`, each lane first reads that much text (whole windows, at most one lane)
+    without targets, to warm its LSTM state: going forward the text before the lane, going backward
+    the text after it. Where there is no such text (the first lane forward, the last backward), the
+    first scored batch says so in `fresh` = (fwd rows, bwd rows), whose state must start at zero.
     """
     stream = corpus.stream(split)
     n = eval_length(stream, max_tokens)
@@ -153,12 +157,21 @@ def eval_batches(corpus: PreparedCorpus, rows: int, unroll_steps: int, max_token
     if len(mine) == 0:
         return
     lo, hi = np.minimum(mine * lane_len, n), np.minimum((mine + 1) * lane_len, n)
+    warm = min(-(-context_tokens // unroll_steps), lane_len // unroll_steps)
+    for w in range(warm):
+        # a lane [lo, lo) has no targets: these windows only carry the state forward
+        batch = make_batch(corpus, stream, lo - (warm - w) * unroll_steps, hi + (warm - 1 - w) * unroll_steps,
+                           lo, lo, unroll_steps)
+        batch["reset"] = w == 0
+        yield batch
     for w in range(n_windows):
         fwd = lo + w * unroll_steps
         # backward windows always align to the lane's end, so their padding is read last
         bwd = hi - (w + 1) * unroll_steps
         batch = make_batch(corpus, stream, fwd, bwd, lo, hi, unroll_steps)
-        batch["reset"] = w == 0
+        batch["reset"] = w == 0 and not warm
+        if w == 0 and warm:
+            batch["fresh"] = (lo - warm * unroll_steps < 0, hi + warm * unroll_steps > n)
         yield batch
 
 

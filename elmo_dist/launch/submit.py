@@ -21,7 +21,10 @@ for that signal; the job raises the signal again, and submitit's own preemption 
 `checkpoint()` (a resubmission of the same job) and requeues it. The requeued job finds the checkpoint
 in train.run_dir and resumes exactly. Only submitit's public behaviour is relied on (the variable,
 its handler for that signal, `checkpoint()`), so a submitit release that renames its internals
-cannot turn a preemption into a failure.
+cannot turn a preemption into a failure. After slurm.max_requeues requeues (preemptions and
+timeouts together; submitit itself bounds only timeouts) the job fails with a line naming the
+checkpoint. SIGTERM (scancel) checkpoints at the next step and fails the job without a requeue;
+submitit's own handler would ignore it and train on.
 """
 from __future__ import annotations
 
@@ -53,10 +56,16 @@ def _export_ranks() -> None:
 
 
 class PretrainJob(submitit.helpers.Checkpointable):
-    """`elmo-dist pretrain` as a submitit job; a requeued copy resumes from the run's newest checkpoint."""
+    """`elmo-dist pretrain` as a submitit job; a requeued copy resumes from the run's newest checkpoint.
+
+    `requeues` counts this job's requeues (it travels in the pickle that `checkpoint()` resubmits):
+    submitit bounds only timeouts (its max_num_timeout) and requeues preemptions without end, so
+    slurm.max_requeues is enforced here, for both.
+    """
 
     def __init__(self, tree: dict):
         self.tree = tree
+        self.requeues = 0
 
     def __call__(self) -> dict:
         from elmo_dist.config import config_from_tree
@@ -65,19 +74,30 @@ class PretrainJob(submitit.helpers.Checkpointable):
         _export_ranks()
         sig = preempt_signal()
         # whatever submitit installed for this job (its requeue handler); the trainer replaces it while
-        # it runs, so that a signal mid-step only asks for a stop, and puts it back when it stops
+        # it runs, so that a signal mid-step only asks for a stop, and puts it back when it stops.
+        # SIGTERM too: submitit's own handler ignores it ("Bypassing signal SIGTERM")
         requeue_handler = signal.getsignal(sig)
-        tree = configlib.merge_trees(self.tree, {"train": {"stop_signals": [sig.name]}})
+        stop_signals = list(dict.fromkeys([sig.name, "TERM"]))
+        tree = configlib.merge_trees(self.tree, {"train": {"stop_signals": stop_signals}})
         summary, is_main = pretrain(config_from_tree(tree, "submitted config"))
         if summary["stopped"] and not summary["finished"]:
-            _hand_over_to_submitit(sig, requeue_handler, summary, is_main)
+            where = f"at step {summary['steps']} ({summary['stopped']}); checkpoint {summary['checkpoint']}"
+            if summary["stopped"] == "terminate signal":  # scancel: stop for good, as under sbatch
+                raise RuntimeError(f"pretraining stopped {where}; SIGTERM does not requeue: submit it again "
+                                   "to resume")
+            limit = int(self.tree.get("slurm", {}).get("max_requeues", 0))
+            if self.requeues >= limit:
+                raise RuntimeError(f"pretraining stopped {where}; not requeued: the job was requeued "
+                                   f"{self.requeues} time(s) already (slurm.max_requeues={limit}). Submit it "
+                                   "again to resume")
+            self.requeues += 1  # before the handler pickles this job for the requeue
+            _hand_over_to_submitit(sig, requeue_handler, where, is_main)
         return summary
 
 
-def _hand_over_to_submitit(sig: signal.Signals, handler, summary: dict, is_main: bool) -> None:
-    """After the trainer saved at a step boundary: deliver the signal it consumed to submitit's handler,
-    which calls `checkpoint()` and requeues the job."""
-    where = f"at step {summary['steps']} ({summary['stopped']}); checkpoint {summary['checkpoint']}"
+def _hand_over_to_submitit(sig: signal.Signals, handler, where: str, is_main: bool) -> None:
+    """After the trainer saved at a step boundary (`where` says which): deliver the signal it consumed
+    to submitit's handler, which calls `checkpoint()` and requeues the job."""
     if not callable(handler):  # SIG_DFL, SIG_IGN or None: not a submitit job (e.g. the debug executor)
         raise RuntimeError(f"pretraining stopped {where} outside a requeueable job: submit it again to resume")
     # raise_signal runs the Python handler before returning; on rank 0 submitit pickles the resubmission,

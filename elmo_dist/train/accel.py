@@ -24,7 +24,8 @@ if not torch.cuda.is_available():
 from accelerate import Accelerator  # noqa: E402
 from accelerate.utils import DeepSpeedPlugin, InitProcessGroupKwargs  # noqa: E402
 
-from elmo_dist.errors import ConfigError  # noqa: E402
+from elmo_dist.config.finetune import FinetuneDist  # noqa: E402
+from elmo_dist.errors import ConfigError, LaunchError  # noqa: E402
 from elmo_dist.runs import resolve_device  # noqa: E402
 
 
@@ -62,39 +63,61 @@ def build_accelerator(cfg) -> Accelerator:
         raise ConfigError("launched with an Accelerate DeepSpeed config, but config key 'dist.zero_stage' is 0; "
                           "choose ZeRO in the run config (dist.zero_stage) and launch with "
                           "configs/accelerate/deepspeed.yaml")
-    backend = dist.backend if dist.backend != "auto" else ("nccl" if device == "cuda" else "gloo")
-    # a process-group spec on a single process makes Accelerate look for a group that isn't there;
-    # with DeepSpeed it is always needed, or on CPU every rank believes it is rank 0
-    handlers = [InitProcessGroupKwargs(backend=backend, timeout=timedelta(minutes=dist.timeout_minutes))] \
-        if expected > 1 or dist.zero_stage > 0 else []
     if dist.zero_stage > 0:
         from elmo_dist.train.deepspeed_config import deepspeed_config
 
         if expected == 1:
             _single_process_group()
         plugin = DeepSpeedPlugin(hf_ds_config=deepspeed_config(cfg, expected))
-        # no cpu=True here: Accelerate would silently drop the DeepSpeed plugin
-        accelerator = Accelerator(deepspeed_plugin=plugin, mixed_precision=dist.mixed_precision,
-                                  kwargs_handlers=handlers)
-    else:
-        accelerator = Accelerator(cpu=device == "cpu", mixed_precision=dist.mixed_precision, kwargs_handlers=handlers,
-                                  gradient_accumulation_steps=dist.gradient_accumulation_steps)
-    if accelerator.num_processes != expected:
-        raise ConfigError(
-            f"WORLD_SIZE={expected} but the Accelerator sees {accelerator.num_processes} process(es); "
-            "launch with torchrun or `accelerate launch --multi_gpu` so that the processes form one group")
-    return accelerator
+        # no cpu=True here: Accelerate would silently drop the DeepSpeed plugin; a process group is
+        # always needed, or on CPU every rank believes it is rank 0
+        return _formed(lambda handlers: Accelerator(deepspeed_plugin=plugin, mixed_precision=dist.mixed_precision,
+                                                    kwargs_handlers=handlers), device, dist, expected, True)
+    return _formed(lambda handlers: Accelerator(cpu=device == "cpu", mixed_precision=dist.mixed_precision,
+                                                kwargs_handlers=handlers,
+                                                gradient_accumulation_steps=dist.gradient_accumulation_steps),
+                   device, dist, expected, expected > 1)
 
 
-def build_data_parallel(device: str, backend: str = "auto", timeout_minutes: int = 30) -> Accelerator:
+def build_data_parallel(device: str, dist=None) -> Accelerator:
     """An fp32 data-parallel Accelerator for fine-tuning (no ZeRO, no accumulation): the device and
-    the process group that torchrun, `accelerate launch` or srun started, with the same checks."""
+    the process group that torchrun, `accelerate launch` or srun started, with the same checks.
+    `dist` is fine-tuning's `dist` section (default: its defaults)."""
     device = resolve_device(device)
     expected = _check_launch_env()
-    backend = backend if backend != "auto" else ("nccl" if device == "cuda" else "gloo")
-    handlers = [InitProcessGroupKwargs(backend=backend, timeout=timedelta(minutes=timeout_minutes))] \
-        if expected > 1 else []
-    accelerator = Accelerator(cpu=device == "cpu", kwargs_handlers=handlers)
+    return _formed(lambda handlers: Accelerator(cpu=device == "cpu", kwargs_handlers=handlers), device,
+                   dist or FinetuneDist(), expected, expected > 1)
+
+
+def _formed(make, device: str, dist, expected: int, group: bool) -> Accelerator:
+    """`make(kwargs_handlers)` builds the Accelerator, which forms the process group (when `group`)
+    within dist.connect_timeout_s; the group's collectives then get dist.timeout_minutes.
+
+    A process that died or never started used to keep the others waiting in the rendezvous or in
+    gloo's connect for the whole collective timeout (30 minutes), then fail with a traceback; now
+    the wait is bounded and ends in one LaunchError line. Raises ConfigError when the Accelerator
+    sees fewer processes than the launcher started.
+    """
+    backend = dist.backend if dist.backend != "auto" else ("nccl" if device == "cuda" else "gloo")
+    # a process-group spec on a single process makes Accelerate look for a group that isn't there
+    handlers = [InitProcessGroupKwargs(backend=backend, timeout=timedelta(seconds=dist.connect_timeout_s))] \
+        if group else []
+    try:
+        accelerator = make(handlers)
+    except RuntimeError as e:  # torch's DistError family, gloo's "connectFullMesh failed", ...
+        if not group:
+            raise
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300].rstrip(".")
+        raise LaunchError(
+            f"could not form the process group of {expected} process(es) ({backend}, rendezvous at "
+            f"{os.environ.get('MASTER_ADDR')}:{os.environ.get('MASTER_PORT')}) within dist.connect_timeout_s="
+            f"{dist.connect_timeout_s}: {first}. A process died, never started or cannot reach the others; "
+            "see their logs") from None
+    if group and torch.distributed.is_initialized():
+        # torch has no public setter for the default group's timeout after init_process_group
+        from torch.distributed.distributed_c10d import _set_pg_timeout
+
+        _set_pg_timeout(timedelta(minutes=dist.timeout_minutes))
     if accelerator.num_processes != expected:
         raise ConfigError(
             f"WORLD_SIZE={expected} but the Accelerator sees {accelerator.num_processes} process(es); "

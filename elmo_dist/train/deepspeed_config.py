@@ -17,7 +17,10 @@ from elmo_dist.errors import ConfigError
 
 def _generated(cfg, world_size: int) -> dict:
     d = cfg.dist
-    zero: dict = {"stage": d.zero_stage}
+    # the NaN guard's promise under ZeRO rests on DeepSpeed's own overflow check, which drops a step
+    # whose gradient norm is not finite (fp32: through the norm; bf16: check_grad_overflow); a
+    # template that turned either off is refused by the agreement check below
+    zero: dict = {"stage": d.zero_stage, "compute_grad_norm": True}
     if d.offload_optimizer == "cpu":
         zero["offload_optimizer"] = {"device": "cpu"}
     if d.offload_params == "cpu":
@@ -31,7 +34,7 @@ def _generated(cfg, world_size: int) -> dict:
         "train_batch_size": cfg.data.batch_size * d.gradient_accumulation_steps * world_size,
         "gradient_clipping": cfg.optim.grad_clip,
         "zero_optimization": zero,
-        "bf16": {"enabled": d.mixed_precision == "bf16"},
+        "bf16": {"enabled": d.mixed_precision == "bf16", "check_grad_overflow": True},
         "fp16": {"enabled": d.mixed_precision == "fp16", "loss_scale": 0},  # 0 = dynamic loss scaling
         # our optimizer is a plain torch one (Adagrad or Adam); DeepSpeed must not swap it for its own
         "zero_force_ds_cpu_optimizer": False,

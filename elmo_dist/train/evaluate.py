@@ -65,10 +65,13 @@ def evaluate_bilm(model, corpus: PreparedCorpus, data_cfg, device, reduce=None, 
     totals = torch.zeros(4, dtype=torch.float64, device=device)
     state = None
     for batch in eval_batches(corpus, data_cfg.eval_batch_size, data_cfg.unroll_steps, data_cfg.max_eval_tokens,
-                              rank=rank, world_size=world_size):
+                              rank=rank, world_size=world_size,
+                              context_tokens=data_cfg.eval_context_tokens if data_cfg.stateful else 0):
         b = to_device(batch, device)
         if b["reset"] or not data_cfg.stateful:
             state = None
+        if "fresh" in batch and state is not None:
+            state = [_zero_rows(s, torch.as_tensor(rows, device=device)) for s, rows in zip(state, batch["fresh"])]
         out = model(b, state, full_softmax=True)
         state = out["state"]
         totals += torch.stack([out["nll_fwd"], out["nll_bwd"], out["count_fwd"], out["count_bwd"]]).double()
@@ -77,7 +80,15 @@ def evaluate_bilm(model, corpus: PreparedCorpus, data_cfg, device, reduce=None, 
     model.train(was_training)
     nll_f, nll_b, n_f, n_b = totals.tolist()
     assert n_f == n_b, "every held-out token is predicted once in each direction"
-    return {**ppl_summary(nll_f, nll_b, n_f), "val_tokens": int(n_f)}
+    # the lanes and their warm-up context are part of what the figure means (README, Evaluation)
+    return {**ppl_summary(nll_f, nll_b, n_f), "val_tokens": int(n_f), "val_lanes": data_cfg.eval_batch_size,
+            "val_context_tokens": data_cfg.eval_context_tokens if data_cfg.stateful else 0}
+
+
+def _zero_rows(layers: list, rows: torch.Tensor) -> list:
+    """One direction's LSTM state ([(h, c)] per layer, each [1, rows, dim]) with `rows` set to zero."""
+    keep = (~rows).to(layers[0][0].dtype)[None, :, None]
+    return [(h * keep, c * keep) for h, c in layers]
 
 
 def unigram_ppl(corpus: PreparedCorpus, max_tokens: int = 0) -> float:

@@ -9,7 +9,8 @@ after `max_consecutive` bad steps in a row in skip mode: a loss that keeps blowi
 run, and going on would only burn compute. The check costs one host sync per step; mode "off" skips it.
 
 With several processes only the gradient norm decides: it is computed from all-reduced gradients, so
-every rank reaches the same verdict (a local NaN loss makes every rank's gradient NaN anyway).
+every rank reaches the same verdict. `nan_unless_finite` makes that hold for any non-finite loss,
+and under DeepSpeed (whose engine steps inside `backward`) it is what keeps such a step out.
 """
 from __future__ import annotations
 
@@ -57,3 +58,16 @@ class NonFiniteGuard:
         if self.mode == "stop" or self.streak >= self.max_consecutive:
             return Verdict.STOP
         return Verdict.SKIP
+
+
+def nan_unless_finite(loss: torch.Tensor) -> torch.Tensor:
+    """`loss` itself where it is finite; otherwise a loss whose gradient is NaN everywhere.
+
+    A non-finite loss can have finite gradients (an inf from a logsumexp that overflowed has a
+    softmax for its gradient), which would reach the weights unseen wherever only the gradient is
+    checked: under DeepSpeed, whose engine steps inside `backward` and drops a step only when the
+    gradient norm is not finite, and on ranks whose own loss was fine. A NaN gradient is dropped by
+    every one of those checks, on every rank once all-reduced. No host sync: the factor is a tensor.
+    """
+    finite = torch.isfinite(loss.detach())
+    return loss * torch.where(finite, 1.0, float("nan")).to(loss.dtype)

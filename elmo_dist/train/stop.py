@@ -14,11 +14,19 @@ across ranks with a max, every SYNC_EVERY steps: all stop at the same step, or n
 
 Cluster-neutral on purpose: the deadline comes from ELMO_DIST_DEADLINE (seconds since the epoch),
 which elmo_dist.launch.slurm_env fills in from the Slurm job's end time.
+
+Under torchrun (or `accelerate launch`, which runs torchrun's agent) two things change, because the
+agent counts any exit status but 0 as a failure, reports it with a ChildFailedError traceback and,
+with --max-restarts, starts the workers again, which would resume and train on after a requested
+stop: a stopped worker exits 0 (the stop line and summary.json still say it stopped), and a worker
+asks the kernel for SIGTERM when the agent dies (torchrun dies of a USR2 it does not forward), so
+it checkpoints and exits instead of training on as an orphan.
 """
 from __future__ import annotations
 
 import os
 import signal
+import sys
 import time
 from enum import Enum
 
@@ -49,6 +57,24 @@ class StopReason(str, Enum):
 
 # the code each rank contributes to the max-reduce: a larger code wins
 _REASONS = {0: None, 1: StopReason.DEADLINE, 2: StopReason.REQUEUE, 3: StopReason.TERMINATE}
+
+
+def under_elastic_agent() -> bool:
+    """True in a worker started by torchrun's agent (torchrun, `accelerate launch`), which sets TORCHELASTIC_RUN_ID."""
+    return "TORCHELASTIC_RUN_ID" in os.environ
+
+
+def stop_when_parent_dies(sig: signal.Signals = signal.SIGTERM) -> None:
+    """Linux only (elsewhere a no-op): the kernel sends `sig` to this process when its parent dies
+    (prctl PR_SET_PDEATHSIG), so a worker whose launcher was killed stops like one told to stop."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, int(sig))
+    if os.getppid() == 1:  # the parent died before the request: nobody will send it
+        os.kill(os.getpid(), sig)
 
 
 def _env_deadline() -> float | None:
@@ -141,4 +167,8 @@ class StopRequest:
 
     @staticmethod
     def exit_status(reason: StopReason | None) -> int:
-        return 0 if reason is None else StopReason(reason).exit_status
+        """0 for a finished run; for a stopped one 75 or 143 (StopReason.exit_status), but 0 under
+        torchrun's agent, which would otherwise restart the workers (see the module docstring)."""
+        if reason is None or under_elastic_agent():
+            return 0
+        return StopReason(reason).exit_status

@@ -27,7 +27,7 @@ from elmo_dist.runs import find_latest, list_steps, load_tensors, load_weights
 from elmo_dist.train import checkpoint as ckpt
 from elmo_dist.train.accel import build_accelerator, shut_down
 from elmo_dist.train.evaluate import evaluate_bilm, perplexity, to_device, unigram_ppl
-from elmo_dist.train.guard import NonFiniteGuard, Verdict
+from elmo_dist.train.guard import NonFiniteGuard, Verdict, nan_unless_finite
 from elmo_dist.train.lock import RunDirLock, own_run_dir
 from elmo_dist.train.metrics import MetricsLogger, log, setup_logging
 from elmo_dist.train.optim import build_optimizer, lr_at
@@ -171,7 +171,7 @@ class Trainer:
         out = self.model(b, self.state)
         if self.cfg.data.stateful:
             self.state = _detach(out["state"])
-        self.accelerator.backward((out["nll_fwd"] + out["nll_bwd"]) / denom)
+        self.accelerator.backward(nan_unless_finite((out["nll_fwd"] + out["nll_bwd"]) / denom))
         return out
 
     def next_batch(self) -> list[dict]:
@@ -203,8 +203,8 @@ class Trainer:
             count = count + out["count_fwd"] + out["count_bwd"]
         grad_norm = self._clip()
         verdict = self.guard.check(nll_f + nll_b, grad_norm)
-        if verdict is Verdict.OK or self.uses_deepspeed:  # DeepSpeed has stepped inside backward already
-            self.optimizer.step()
+        if verdict is Verdict.OK:
+            self.optimizer.step()  # under DeepSpeed a no-op: the engine stepped inside the last backward
         else:
             self.state = None  # a NaN in the carried LSTM state would poison every later window
         self.optimizer.zero_grad(set_to_none=True)

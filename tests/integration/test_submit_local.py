@@ -163,6 +163,48 @@ def test_preempted_local_job_checkpoints_requeues_and_resumes(tmp_path, grammar_
     assert f"training steps {step} -> 120" in text, text
 
 
+def _submit_and_signal(tmp_path, grammar_corpus, sig, times: int, *slurm: str):
+    """A 1-task local job, sent `sig` at a step of each of `times` attempts; returns (job, its log)."""
+    from elmo_dist.launch.submit import submit_pretrain
+
+    job = submit_pretrain(str(REPO / "configs/debug.yaml"),
+                          pretrain_overrides(tmp_path / "run", grammar_corpus, "train.max_steps=3000",
+                                             "logging.log_every=5"),
+                          ["cluster=local", "tasks_per_node=1", "cpus_per_task=1", *slurm])
+    for attempt in range(times):
+        marker = "step 10/" if attempt == 0 else "resumed from"
+        log = _wait_in_log(job, marker)
+        while log.read_text().count(marker) < (1 if attempt == 0 else attempt):
+            time.sleep(0.2)
+        time.sleep(1.0)
+        os.kill(_children(int(job.job_id))[0], sig)
+    return job, log
+
+
+def test_sigterm_stops_a_submitted_job_with_a_checkpoint_and_no_requeue(tmp_path, grammar_corpus):
+    """Issue 15, case 14: submitit's handler logged "Bypassing signal SIGTERM" and training went on."""
+    from elmo_dist.launch.submit import result
+
+    job, log = _submit_and_signal(tmp_path, grammar_corpus, signal.SIGTERM, 1)
+    with pytest.raises(Exception, match="SIGTERM does not requeue: submit it again to resume"):
+        result(job)
+    text = log.read_text()
+    assert "(terminate signal): saving a checkpoint" in text and "resumed from" not in text, text
+    step = int(text.split("stopping at step ")[1].split(" ")[0])
+    assert step < 3000 and (tmp_path / "run" / "checkpoints" / f"step-{step}" / "COMPLETE").exists()
+
+
+def test_max_requeues_bounds_preemptions(tmp_path, grammar_corpus):
+    """Issue 15, case 14: submitit bounds only timeouts, so with slurm.max_requeues=1 four USR2s gave
+    four requeues. Now the second stop fails the job, naming its checkpoint."""
+    from elmo_dist.launch.submit import result
+
+    job, log = _submit_and_signal(tmp_path, grammar_corpus, signal.SIGUSR2, 2, "max_requeues=1")
+    with pytest.raises(Exception, match=r"requeued 1 time\(s\) already \(slurm.max_requeues=1\)"):
+        result(job)
+    assert log.read_text().count("resumed from") == 1, log.read_text()
+
+
 SUBMIT_PY = REPO / "elmo_dist" / "launch" / "submit.py"
 
 

@@ -3,6 +3,9 @@ step and an intact last checkpoint, and a real blow-up (a huge learning rate) en
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -128,3 +131,32 @@ def test_the_named_checkpoint_evaluates_and_the_advice_works(tmp_path, grammar_c
     again = run_cli(*args, "optim.lr=0.01", check=False)  # the advice: a lower lr, the same command
     assert again.returncode == 0, again.stderr
     assert json.loads((run / "summary.json").read_text())["finished"]
+
+
+POISONED_STEP = [
+    # (launch, ranks whose loss is poisoned, overrides): one process and two, plain and ZeRO 1/2/3, fp32 and bf16
+    ("one", "0", ["dist.zero_stage=2", "dist.mixed_precision=bf16"]),
+    ("one", "0", ["dist.zero_stage=3"]),
+    ("torchrun", "1", ["dist.zero_stage=1"]),
+    ("torchrun", "1", []),
+]
+
+
+@pytest.mark.parametrize("launch,ranks,overrides", POISONED_STEP,
+                         ids=["zero2-bf16", "zero3-fp32", "zero1-2proc-rank1", "ddp-2proc-rank1"])
+def test_a_non_finite_loss_never_reaches_the_weights_under_zero_or_on_one_rank(
+        tmp_path, grammar_corpus, launch, ranks, overrides):
+    """Issue 15, case 4: DeepSpeed steps inside `backward`, before the guard looks, and drops a step
+    only for a non-finite gradient; an inf loss whose gradient is finite (here: loss + inf) was
+    applied, under every stage, and so was one rank's inf loss with several processes. The carried
+    LSTM state was not reset under ZeRO either."""
+    script = [str(REPO / "tests/reliability/poisoned_step.py"), str(grammar_corpus), str(tmp_path / "run"), "inf",
+              ranks, *overrides]
+    launcher = [] if launch == "one" else ["-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr",
+                                           "127.0.0.1", "--master_port", "29547"]
+    proc = subprocess.run([sys.executable, *launcher, *script], env={**os.environ, "OMP_NUM_THREADS": "1"},
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result == {"bad_step_changed_weights": False, "next_step_changed_weights": True, "state_reset": True,
+                      "skipped": 1, "all_finite": True}

@@ -508,3 +508,35 @@ def test_eval_max_tokens_without_a_whole_sentence(corpus):
     first_len = int(np.flatnonzero(corpus.stream("heldout").read(0, 50) == EOS_ID)[0]) + 1
     with pytest.raises(ValueError, match="no complete held-out sentence"):
         list(eval_batches(corpus, 2, 5, max_tokens=first_len - 1))
+
+
+@pytest.mark.parametrize("rows, steps, context", [(3, 5, 12), (4, 16, 200)], ids=["3-windows", "one-lane"])
+def test_eval_context_warms_each_lane_on_its_neighbours_text(corpus, manifest, rows, steps, context):
+    """Issue 15, case 6: every lane used to start from a zero state, so more lanes gave a higher
+    perplexity. Now a lane first reads, unscored, the text before it (forward) and after it
+    (backward); a lane with no such text is flagged `fresh` so its state restarts at zero."""
+    stream = corpus.stream("heldout")
+    n = len(stream)
+    words = [token_char_ids(corpus.word(int(g))).tolist() for g in stream.read(0, n)]
+    lane_len = -(-n // rows)
+    warm = min(-(-context // steps), lane_len // steps)  # whole windows, at most one lane
+    assert warm >= 2
+    plain = list(eval_batches(corpus, rows, steps))
+    batches = list(eval_batches(corpus, rows, steps, context_tokens=context))
+    assert len(batches) == len(plain) + warm
+    for b in batches[:warm]:  # nothing is scored while warming
+        assert (b["fwd_targets"] == IGNORE).all() and (b["bwd_targets"] == IGNORE).all()
+    for b, p in zip(batches[warm:], plain):  # then the same scored windows as without a context
+        assert all(np.array_equal(b[k], p[k]) for k in ("fwd_targets", "bwd_targets", "token_ids"))
+    assert [b["reset"] for b in batches] == [True] + [False] * (len(batches) - 1)
+    fresh_fwd, fresh_bwd = batches[warm]["fresh"]
+    assert fresh_fwd.tolist() == [r == 0 for r in range(rows)]
+    assert fresh_bwd.tolist() == [min((r + 1) * lane_len, n) + warm * steps > n for r in range(rows)]
+    for r in range(1, rows):
+        lo = r * lane_len
+        fwd = np.concatenate([decoded(b, "fwd_index")[r] for b in batches[:warm]]).tolist()
+        assert fwd == words[lo - warm * steps: lo]  # the previous lane's last tokens, in order
+    for r in range(rows - 1):
+        hi = (r + 1) * lane_len
+        bwd = np.concatenate([decoded(b, "bwd_index")[r] for b in reversed(batches[:warm])]).tolist()
+        assert bwd == words[hi: hi + warm * steps]  # the next lane's first tokens

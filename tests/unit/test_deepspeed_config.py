@@ -42,3 +42,15 @@ def test_bad_dist_values_name_their_key():
                           ("dist.offload_optimizer=cpu", "dist.offload_optimizer")):
         with pytest.raises(ConfigError, match=key):
             load_config(None, [override])
+
+
+@pytest.mark.parametrize("template,key", [({"bf16": {"check_grad_overflow": False}}, "bf16.check_grad_overflow"),
+                                          ({"zero_optimization": {"compute_grad_norm": False}},
+                                           "zero_optimization.compute_grad_norm")])
+def test_a_template_may_not_turn_off_the_overflow_check_the_nan_guard_needs(tmp_path, template, key):
+    """Under ZeRO the NaN guard relies on DeepSpeed dropping a step whose gradient norm is not finite."""
+    path = tmp_path / "ds.json"
+    path.write_text(json.dumps(template))
+    cfg = load_config(None, ["dist.zero_stage=2", f"dist.deepspeed_config={path}"])
+    with pytest.raises(ConfigError, match=rf"'{key}' is False but the run config gives True"):
+        deepspeed_config(cfg, world_size=2)
