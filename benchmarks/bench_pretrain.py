@@ -39,6 +39,9 @@ def parse_args(argv=None):
     p.add_argument("--steps", type=int, default=10, help="timed steps per measurement")
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--compare-naive", action="store_true", help="also time the straightforward baseline")
+    p.add_argument("--compare-clip", type=float, metavar="CLIP",
+                   help="also time the same model with cell and projection clipped at CLIP (the fused clipped cell, "
+                        "and its step-by-step autograd reference), in alternating rounds on the same batches")
     p.add_argument("--no-dedup", action="store_true",
                    help="feed the char CNN every position of both directions at full width (the fast path off)")
     p.add_argument("--peak-tflops", type=float, help="the device's peak, for MFU (default: known GPUs / measured GEMM)")
@@ -121,6 +124,8 @@ def measure(args) -> dict:
                "flops_per_token": flops_per_token(m, vocab, uniq, fast_width)}
         if args.compare_naive:
             res.update(_naive(trainer, batches, args, device, to_device))
+        if args.compare_clip:
+            res.update(_clip_costs(trainer, batches, args.compare_clip, args.steps, device))
         res["peak_memory_mib"] = peak_memory_mib(device)
         return res
 
@@ -147,6 +152,34 @@ def _step_times(trainer, next_batch, steps: int, device: str) -> tuple[float, fl
         feed = iter(batches)
         model_only.append(_timed(lambda feed=feed: trainer.train_step(next(feed)), steps, device))
     return min(with_data), min(model_only), batches
+
+
+def _clip_costs(trainer, batches, clip: float, steps: int, device: str) -> dict:
+    """ms/step of the same weights unclipped (nn.LSTM), clipped with the fused cell and clipped with
+    the step-by-step reference: three rounds each, alternating, the best of each kept."""
+    from elmo_dist.model.lstm import ProjectedLstm
+
+    cells = [m for m in trainer.model.modules() if isinstance(m, ProjectedLstm)]
+    fused_forward = ProjectedLstm.forward
+    variants = {"unclipped": (None, fused_forward), "clipped": (clip, fused_forward),
+                "clipped_reference": (clip, ProjectedLstm.reference_forward)}
+    times: dict = {name: [] for name in variants}
+    feed = itertools.cycle(batches)
+    for _ in range(3):
+        for name, (value, forward) in variants.items():
+            for m in cells:
+                m.cell_clip = m.proj_clip = value
+                m.forward = forward.__get__(m)
+            trainer.train_step(next(feed))  # one untimed step after each switch
+            times[name].append(_timed(lambda: trainer.train_step(next(feed)), steps, device))
+    for m in cells:
+        m.cell_clip = m.proj_clip = None
+        del m.forward
+    ms = {name: min(t) * 1e3 for name, t in times.items()}
+    return {"clip": clip, "unclipped_ms_per_step": ms["unclipped"], "clipped_ms_per_step": ms["clipped"],
+            "clipped_reference_ms_per_step": ms["clipped_reference"],
+            "clip_cost": ms["clipped"] / ms["unclipped"],
+            "clip_reference_cost": ms["clipped_reference"] / ms["unclipped"]}
 
 
 def _naive(trainer, batches, args, device, to_device) -> dict:
@@ -211,6 +244,11 @@ def main(argv=None) -> dict:
         res["speedup_vs_naive"] = res["naive_ms_per_step"] / res["ms_per_step"]
         rows += [("naive baseline tokens/s", f"{res['naive_tokens_per_s']:,.0f}"),
                  ("speed-up over naive", f"{res['speedup_vs_naive']:.2f}x")]
+    if args.compare_clip:
+        rows += [("unclipped / clipped ms/step",
+                  f"{res['unclipped_ms_per_step']:,.1f} / {res['clipped_ms_per_step']:,.1f} ({res['clip_cost']:.2f}x)"),
+                 ("clipped, step-by-step reference", f"{res['clipped_reference_ms_per_step']:,.1f} ms/step "
+                                                     f"({res['clip_reference_cost']:.2f}x)")]
     if int(os.environ.get("RANK", "0")) == 0:  # under torchrun (bench_dist) rank 0 reports
         emit(res, args.out, rows)
     return res

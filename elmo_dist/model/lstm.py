@@ -2,8 +2,9 @@
 
 `ProjectedLstm` keeps its weights in an `nn.LSTM(proj_size=...)` and runs that fast path (cuDNN
 on CUDA) when no clipping is asked for. With `cell_clip` or `proj_clip` set it runs the exact
-clipped cell of bilm-tf, step by step, on the *same* parameters, so the two paths are
-interchangeable and can be checked against each other.
+clipped cell of bilm-tf (`clipped_cell.clipped_lstm`, with a hand-written backward pass) on the
+*same* parameters, so the two paths are interchangeable and can be checked against each other;
+`reference_forward` is the same clipped cell step by step in autograd ops, its reference.
 """
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ import warnings
 
 import torch
 from torch import nn
+
+from elmo_dist.model.clipped_cell import clipped_lstm
 
 # the CPU falls back from oneDNN to PyTorch's own kernel for projected LSTMs; that is expected
 warnings.filterwarnings("ignore", message="LSTM with projections is not supported with oneDNN")
@@ -29,18 +32,25 @@ class ProjectedLstm(nn.Module):
         return self.cell_clip is not None or self.proj_clip is not None
 
     def forward(self, x: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
+        """x [B, T, input_dim] -> outputs [B, T, proj] and the final (h [1, B, proj], c [1, B, cells])."""
         if not self.clipped:
             return self.lstm(x, state)
-        return self._clipped_forward(x, state)
-
-    def _clipped_forward(self, x: torch.Tensor, state: State | None) -> tuple[torch.Tensor, State]:
         lstm = self.lstm
-        b, cells, proj = x.shape[0], lstm.hidden_size, lstm.proj_size
-        if state is None:
-            h = x.new_zeros(b, proj)
-            c = x.new_zeros(b, cells)
-        else:
-            h, c = state[0][0], state[1][0]
+        h, c = self._initial(x, state)
+        gates_x = torch.nn.functional.linear(x, lstm.weight_ih_l0, lstm.bias_ih_l0 + lstm.bias_hh_l0)
+        out, h, c = clipped_lstm(gates_x, h, c, lstm.weight_hh_l0, lstm.weight_hr_l0, self.cell_clip, self.proj_clip)
+        return out, (h.unsqueeze(0), c.unsqueeze(0))
+
+    def _initial(self, x: torch.Tensor, state: State | None) -> tuple[torch.Tensor, torch.Tensor]:
+        if state is not None:
+            return state[0][0], state[1][0]
+        return x.new_zeros(x.shape[0], self.lstm.proj_size), x.new_zeros(x.shape[0], self.lstm.hidden_size)
+
+    def reference_forward(self, x: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
+        """The clipped cell step by step in autograd ops: the reference `clipped_lstm` is checked
+        against (tests/unit/test_lstm.py; the GPU check does the same on CUDA). Same result, slower."""
+        lstm = self.lstm
+        h, c = self._initial(x, state)
         # the input half of the gates for every step in one matrix multiply
         gates_x = torch.nn.functional.linear(x, lstm.weight_ih_l0, lstm.bias_ih_l0 + lstm.bias_hh_l0)
         outputs = []

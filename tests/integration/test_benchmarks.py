@@ -30,6 +30,12 @@ def test_bench_pretrain_with_the_naive_baseline(tmp_path):
     assert res["naive_flops_per_token"] > res["flops_per_token"]
 
 
+def test_bench_pretrain_compares_the_clipped_cells(tmp_path):
+    res = bench("bench_pretrain", *TINY, "--compare-clip", "3", out=tmp_path / "p.json")
+    for key in ("unclipped_ms_per_step", "clipped_ms_per_step", "clipped_reference_ms_per_step", "clip_cost"):
+        assert res[key] > 0, key
+
+
 def test_bench_pretrain_without_the_distinct_token_path(tmp_path):
     res = bench("bench_pretrain", *TINY, "--no-dedup", out=tmp_path / "p.json")
     # every position of both directions through the char CNN, at the full 50 characters
@@ -60,3 +66,17 @@ def test_bench_finetune_two_sizes(tmp_path):
         assert 0 < r["rss_anon_start_mib"] <= r["rss_anon_peak_mib"]
         # the cache is ragged float16: (L+1) x 2*projection_dim x 2 bytes per token of the demo's biLM
         assert r["cache_mib"] * 2**20 == r["tokens"] * 3 * 128 * 2
+
+
+def test_gpu_check_runs_on_the_cpu(tmp_path):
+    """Issue 16: the GPU script's every step, on the CPU with tiny sizes, so that no device minute is
+    lost to a typo in it."""
+    proc = subprocess.run(["bash", str(REPO / "benchmarks/gpu_check.sh"), "--device", "cpu"], cwd=REPO,
+                          env={**os.environ, "OMP_NUM_THREADS": "1", "OUT": str(tmp_path), "PYTHON": sys.executable},
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    res = json.loads((tmp_path / "gpu_check.json").read_text())
+    assert res["passed"] and res["tests"]["passed"] and "5 passed" in res["tests"]["summary"]
+    assert set(res["pretraining"]) == {"bf16", "zero2_bf16"} and all(r["val_ppl"] for r in res["pretraining"].values())
+    assert all(r["tokens_per_s"] > 0 for r in res["throughput"].values())
+    assert proc.stdout.strip().splitlines()[-1].startswith("gpu_check: passed")

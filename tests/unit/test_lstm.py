@@ -146,6 +146,50 @@ def test_clipped_gradient_is_zero_beyond_the_clip():
     assert slow.lstm.weight_hr_l0.grad.abs().max() == 0
 
 
+class Reference(torch.nn.Module):
+    """The clipped cell step by step in autograd ops (`ProjectedLstm.reference_forward`)."""
+
+    def __init__(self, lstm: ProjectedLstm):
+        super().__init__()
+        self.inner = lstm
+
+    def forward(self, x, state=None):
+        return self.inner.reference_forward(x, state)
+
+
+@pytest.mark.parametrize("clips", [(0.5, 0.3), (0.5, None), (None, 0.3)], ids=["both", "cell", "proj"])
+@pytest.mark.parametrize("with_state", [False, True])
+def test_the_fused_clipped_cell_equals_the_step_by_step_reference(clips, with_state):
+    """Issue 16: `clipped_lstm` (hand-written backward) against autograd through the same cell,
+    with the clips active: outputs, final state and every gradient, in float64."""
+    _, slow = scaled_pair(*clips)
+    x = torch.randn(B, T, D, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    state = initial_state() if with_state else None
+    fused, ref = run(slow, x, state), run(Reference(slow), x, state)
+    for a, b in zip(fused[:3], ref[:3]):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    assert {k.replace("inner.", "") for k in ref[3]} == set(fused[3])
+    for name, grad in ref[3].items():
+        torch.testing.assert_close(fused[3][name.replace("inner.", "")], grad, rtol=1e-10, atol=1e-12, msg=name)
+    # the clips are reached, or the test would not test them
+    assert clips[0] is None or (ref[2].abs() == clips[0]).any()
+    assert clips[1] is None or (ref[0].abs() == clips[1]).any()
+
+
+def test_the_fused_clipped_cell_in_float32_and_under_bf16_autocast():
+    torch.manual_seed(0)
+    cell = ProjectedLstm(D, CELLS, PROJ, 3.0, 3.0)
+    x = torch.randn(B, T, D)
+    out, (h, c) = cell(x)
+    ref, (h_ref, c_ref) = cell.reference_forward(x)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # the recurrence stays in float32
+        out_bf16, _ = cell(x)
+        out_bf16.float().sum().backward()
+    assert out_bf16.dtype == torch.float32 and cell.lstm.weight_hh_l0.grad.dtype == torch.float32
+    torch.testing.assert_close(out_bf16, ref, rtol=0, atol=0.05)  # only the input gates went through bf16
+
+
 def stack(residual, n_layers=3, seed=0, clip=None):
     torch.manual_seed(seed)
     return LstmStack(D, CELLS, n_layers, clip, clip, residual=residual, dropout=0.5).double().eval()

@@ -1,0 +1,122 @@
+"""bilm-tf's clipped LSTM cell over a whole window, with a hand-written backward pass.
+
+    out, h_T, c_T = clipped_lstm(gates_x, h0, c0, w_hh, w_hr, cell_clip=3.0, proj_clip=3.0)
+
+The cell is the one bilm-tf builds with TF's `LSTMCell(num_units, num_proj, cell_clip, proj_clip)`
+(gate order i, f, g, o as in PyTorch's `nn.LSTM`, whose weights it reads):
+
+    gates = gates_x[t] + h[t-1] W_hh^T          (gates_x = x W_ih^T + b_ih + b_hh, for all t at once)
+    c[t]  = clip(sigmoid(f) * c[t-1] + sigmoid(i) * tanh(g), cell_clip)
+    h[t]  = clip((sigmoid(o) * tanh(c[t])) W_hr^T, proj_clip)
+
+Clipping inside the recurrence is why cuDNN's and PyTorch's LSTM kernels can't run it. Written as
+autograd ops, one step records about fifteen small operations whose backward autograd then replays
+one by one, several times the cost of `nn.LSTM` (README, Performance). Here the forward runs without recording, into
+buffers allocated once per window, and the backward is the same chain rule written out by hand
+(backpropagation through time): per step two matrix products and a few elementwise passes, with
+the weight gradients of all steps summed in one matrix product each at the end. The result equals
+the step-by-step autograd cell (`ProjectedLstm.reference_forward`) within float rounding; the
+clip's gradient is torch.clamp's (it passes where |x| <= clip, as TF's clip_by_value does).
+
+Computed in float32 (float64 if an input is) whatever the autocast context: the recurrence
+accumulates over the window. The gradients come back in the inputs' dtypes. Not twice differentiable.
+"""
+from __future__ import annotations
+
+import torch
+
+
+class ClippedLstmFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, gates_x, h0, c0, w_hh, w_hr, cell_clip, proj_clip):
+        dtypes = [t.dtype for t in (gates_x, h0, c0, w_hh, w_hr)]
+        wide = torch.float64 if torch.float64 in dtypes else torch.float32
+        with torch.autocast(gates_x.device.type, enabled=False):
+            gates_x, h0, c0, w_hh, w_hr = (t.to(wide) for t in (gates_x, h0, c0, w_hh, w_hr))
+            saved = _forward(gates_x, h0, c0, w_hh, w_hr, cell_clip, proj_clip)
+        acts, cs, tcs, ms, hs, c_mask, h_mask = saved
+        ctx.save_for_backward(acts, cs, tcs, ms, hs, w_hh, w_hr, c_mask, h_mask)
+        ctx.dtypes = dtypes
+        return hs[1:].transpose(0, 1).contiguous(), hs[-1].clone(), cs[-1].clone()
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, d_out, d_h_last, d_c_last):
+        acts, cs, tcs, ms, hs, w_hh, w_hr, c_mask, h_mask = ctx.saved_tensors
+        with torch.autocast(acts.device.type, enabled=False):
+            grads = _backward(acts, cs, tcs, ms, hs, w_hh, w_hr, c_mask, h_mask,
+                              *(None if g is None else g.to(acts.dtype) for g in (d_out, d_h_last, d_c_last)))
+        grads = [g.to(dt) for g, dt in zip(grads, ctx.dtypes)]
+        return (*grads, None, None)
+
+
+def clipped_lstm(gates_x: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor, w_hh: torch.Tensor, w_hr: torch.Tensor,
+                 cell_clip: float | None, proj_clip: float | None):
+    """One clipped projected LSTM layer over a window.
+
+    gates_x [B, T, 4H] (input part of the gates, biases included), h0 [B, P], c0 [B, H],
+    w_hh [4H, P], w_hr [P, H]; a clip of None means none. Returns (outputs [B, T, P], h_T [B, P],
+    c_T [B, H]), differentiable with respect to every tensor argument.
+    """
+    return ClippedLstmFunction.apply(gates_x, h0, c0, w_hh, w_hr, cell_clip, proj_clip)
+
+
+def _forward(gates_x, h0, c0, w_hh, w_hr, cell_clip, proj_clip):
+    """The recurrence, without autograd: activations [T, B, 4H] (i, f, o after sigmoid, g after
+    tanh), cells c[-1..T-1], tanh(c), sigmoid(o)*tanh(c), outputs h[-1..T-1] and clip masks."""
+    b, steps, four_h = gates_x.shape
+    cells, proj = four_h // 4, w_hr.shape[0]
+    new = gates_x.new_empty
+    acts, cs, tcs, ms, hs = new(steps, b, four_h), new(steps + 1, b, cells), new(steps, b, cells), \
+        new(steps, b, cells), new(steps + 1, b, proj)
+    mask = torch.empty
+    c_mask = mask(steps, b, cells, dtype=torch.bool, device=gates_x.device) if cell_clip is not None else None
+    h_mask = mask(steps, b, proj, dtype=torch.bool, device=gates_x.device) if proj_clip is not None else None
+    cs[0], hs[0] = c0, h0
+    w_hh_t, w_hr_t, h2, h3 = w_hh.t(), w_hr.t(), 2 * cells, 3 * cells
+    for t in range(steps):
+        a = torch.addmm(gates_x[:, t], hs[t], w_hh_t, out=acts[t])
+        a[:, :h2].sigmoid_()
+        a[:, h2:h3].tanh_()
+        a[:, h3:].sigmoid_()
+        c = torch.mul(a[:, cells:h2], cs[t], out=cs[t + 1]).addcmul_(a[:, :cells], a[:, h2:h3])
+        if c_mask is not None:
+            torch.le(c.abs(), cell_clip, out=c_mask[t])
+            c.clamp_(-cell_clip, cell_clip)
+        torch.mul(a[:, h3:], torch.tanh(c, out=tcs[t]), out=ms[t])
+        h = torch.mm(ms[t], w_hr_t, out=hs[t + 1])
+        if h_mask is not None:
+            torch.le(h.abs(), proj_clip, out=h_mask[t])
+            h.clamp_(-proj_clip, proj_clip)
+    return acts, cs, tcs, ms, hs, c_mask, h_mask
+
+
+def _backward(acts, cs, tcs, ms, hs, w_hh, w_hr, c_mask, h_mask, d_out, d_h_last, d_c_last):
+    """Backpropagation through time: gradients for (gates_x, h0, c0, w_hh, w_hr)."""
+    steps, b, four_h = acts.shape
+    cells, h2, h3 = four_h // 4, four_h // 2, 3 * four_h // 4
+    d_gates, d_h_pre = torch.empty_like(acts), torch.empty_like(hs[1:])
+    dh = torch.zeros_like(hs[0]) if d_h_last is None else d_h_last.clone()
+    dc = torch.zeros_like(cs[0]) if d_c_last is None else d_c_last.clone()
+    for t in range(steps - 1, -1, -1):
+        a, dg = acts[t], d_gates[t]
+        i, f, g, o = a[:, :cells], a[:, cells:h2], a[:, h2:h3], a[:, h3:]
+        dhp = d_h_pre[t].copy_(dh) if d_out is None else torch.add(dh, d_out[:, t], out=d_h_pre[t])
+        if h_mask is not None:
+            dhp.mul_(h_mask[t])
+        dm = dhp @ w_hr
+        # m = o * tanh(c): into o's pre-activation, and into c (on top of c[t+1]'s share)
+        torch.mul(dm, tcs[t], out=dg[:, h3:]).mul_(o * (1 - o))
+        dc.addcmul_(dm * o, 1 - tcs[t] * tcs[t])
+        if c_mask is not None:
+            dc.mul_(c_mask[t])
+        # c = f * c[t-1] + i * g
+        torch.mul(dc, g, out=dg[:, :cells]).mul_(i * (1 - i))
+        torch.mul(dc, cs[t], out=dg[:, cells:h2]).mul_(f * (1 - f))
+        torch.mul(dc, i, out=dg[:, h2:h3]).mul_(1 - g * g)
+        dc = dc * f
+        dh = dg @ w_hh
+    flat = steps * b
+    d_w_hh = d_gates.reshape(flat, four_h).t() @ hs[:-1].reshape(flat, -1)
+    d_w_hr = d_h_pre.reshape(flat, -1).t() @ ms.reshape(flat, cells)
+    return d_gates.transpose(0, 1), dh, dc, d_w_hh, d_w_hr
