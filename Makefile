@@ -43,7 +43,7 @@ demo: $(VENV)/.demo-installed
 test: $(VENV)/.dev-installed
 	$(BIN)/ruff check .
 	tests/slurm/install-slurm.sh
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest tests
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest tests --durations=25
 
 # `make bench`: the CPU figures of README, Performance; JSON in benchmarks/results/
 BENCH := benchmarks/results
