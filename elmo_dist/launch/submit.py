@@ -23,8 +23,9 @@ in train.run_dir and resumes exactly. Only submitit's public behaviour is relied
 its handler for that signal, `checkpoint()`), so a submitit release that renames its internals
 cannot turn a preemption into a failure. After slurm.max_requeues requeues (preemptions and
 timeouts together; submitit itself bounds only timeouts) the job fails with a line naming the
-checkpoint. SIGTERM (scancel) checkpoints at the next step and fails the job without a requeue;
-submitit's own handler would ignore it and train on.
+checkpoint. SIGTERM checkpoints at the next step; Slurm's preemption sends it before the preemption
+signal, so the job then waits TERM_GRACE_S for that signal: with it, the job is requeued; without
+(scancel), it fails without a requeue. submitit's own handler would ignore SIGTERM and train on.
 """
 from __future__ import annotations
 
@@ -55,6 +56,11 @@ def _export_ranks() -> None:
         submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
 
 
+# Slurm preempts a job (as submitit models it) with SIGTERM first and then the preemption signal;
+# after a stop on SIGTERM the job waits this long for the second before it calls the stop final
+TERM_GRACE_S = 5.0
+
+
 class PretrainJob(submitit.helpers.Checkpointable):
     """`elmo-dist pretrain` as a submitit job; a requeued copy resumes from the run's newest checkpoint.
 
@@ -69,30 +75,38 @@ class PretrainJob(submitit.helpers.Checkpointable):
 
     def __call__(self) -> dict:
         from elmo_dist.config import config_from_tree
+        from elmo_dist.train.stop import StopRequest
         from elmo_dist.train.trainer import pretrain
 
         _export_ranks()
         sig = preempt_signal()
-        # whatever submitit installed for this job (its requeue handler); the trainer replaces it while
-        # it runs, so that a signal mid-step only asks for a stop, and puts it back when it stops.
-        # SIGTERM too: submitit's own handler ignores it ("Bypassing signal SIGTERM")
+        # whatever submitit installed for this job (its requeue handler); the trainer's stopper replaces
+        # it while it runs, so that a signal mid-step only asks for a stop, and puts it back afterwards.
+        # SIGTERM too, which submitit's own handler ignores ("Bypassing signal SIGTERM")
         requeue_handler = signal.getsignal(sig)
-        stop_signals = list(dict.fromkeys([sig.name, "TERM"]))
-        tree = configlib.merge_trees(self.tree, {"train": {"stop_signals": stop_signals}})
-        summary, is_main = pretrain(config_from_tree(tree, "submitted config"))
+        signals = list(dict.fromkeys([sig.name, "TERM"]))
+        cfg = config_from_tree(configlib.merge_trees(self.tree, {"train": {"stop_signals": signals}}),
+                               "submitted config")
+        with StopRequest.from_env(signals, cfg.train.deadline_margin_s) as stopper:
+            summary, is_main = pretrain(cfg, stopper=stopper)
+            preempted = summary["stopped"] is not None and stopper.wait_for(
+                sig, TERM_GRACE_S if summary["stopped"] == "terminate signal" else 0)
         if summary["stopped"] and not summary["finished"]:
-            where = f"at step {summary['steps']} ({summary['stopped']}); checkpoint {summary['checkpoint']}"
-            if summary["stopped"] == "terminate signal":  # scancel: stop for good, as under sbatch
-                raise RuntimeError(f"pretraining stopped {where}; SIGTERM does not requeue: submit it again "
-                                   "to resume")
-            limit = int(self.tree.get("slurm", {}).get("max_requeues", 0))
-            if self.requeues >= limit:
-                raise RuntimeError(f"pretraining stopped {where}; not requeued: the job was requeued "
-                                   f"{self.requeues} time(s) already (slurm.max_requeues={limit}). Submit it "
-                                   "again to resume")
-            self.requeues += 1  # before the handler pickles this job for the requeue
-            _hand_over_to_submitit(sig, requeue_handler, where, is_main)
+            self._requeue_or_fail(sig, requeue_handler, summary, is_main, preempted)
         return summary
+
+    def _requeue_or_fail(self, sig, handler, summary: dict, is_main: bool, preempted: bool) -> None:
+        where = f"at step {summary['steps']} ({summary['stopped']}); checkpoint {summary['checkpoint']}"
+        if summary["stopped"] == "terminate signal" and not preempted:  # scancel: stop for good, as under sbatch
+            raise RuntimeError(f"pretraining stopped {where}; SIGTERM without {sig.name} (a cancel, not a "
+                               "preemption) does not requeue: submit it again to resume")
+        limit = int(self.tree.get("slurm", {}).get("max_requeues", 0))
+        if self.requeues >= limit:
+            raise RuntimeError(f"pretraining stopped {where}; not requeued: the job was requeued "
+                               f"{self.requeues} time(s) already (slurm.max_requeues={limit}). Submit it "
+                               "again to resume")
+        self.requeues += 1  # before the handler pickles this job for the requeue
+        _hand_over_to_submitit(sig, handler, where, is_main)
 
 
 def _hand_over_to_submitit(sig: signal.Signals, handler, where: str, is_main: bool) -> None:

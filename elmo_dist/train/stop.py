@@ -89,6 +89,7 @@ class StopRequest:
         self.signals = [parse_signal(s) for s in signals]
         self.deadline, self.margin_s = deadline, margin_s
         self.received: signal.Signals | None = None
+        self.seen: set[signal.Signals] = set()  # every stop signal received, not only the last
         self._previous: dict = {}
         self._step_seconds = 0.0
         self._last_poll: float | None = None
@@ -105,6 +106,14 @@ class StopRequest:
 
     def _handle(self, signum, frame) -> None:
         self.received = signal.Signals(signum)
+        self.seen.add(self.received)
+
+    def wait_for(self, sig: signal.Signals, seconds: float) -> bool:
+        """Whether `sig` (one of the signals listened to) has come, waiting up to `seconds` for it."""
+        deadline = time.monotonic() + seconds
+        while sig not in self.seen and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return sig in self.seen
 
     def listen(self, signals: list[str] | None = None) -> "StopRequest":
         """Record `signals` (default: the constructor's) from now on; handlers of signals dropped

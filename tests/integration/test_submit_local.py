@@ -186,7 +186,7 @@ def test_sigterm_stops_a_submitted_job_with_a_checkpoint_and_no_requeue(tmp_path
     from elmo_dist.launch.submit import result
 
     job, log = _submit_and_signal(tmp_path, grammar_corpus, signal.SIGTERM, 1)
-    with pytest.raises(Exception, match="SIGTERM does not requeue: submit it again to resume"):
+    with pytest.raises(Exception, match=r"does not requeue: submit it again to resume"):
         result(job)
     text = log.read_text()
     assert "(terminate signal): saving a checkpoint" in text and "resumed from" not in text, text

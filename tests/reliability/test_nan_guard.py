@@ -153,7 +153,7 @@ def test_a_non_finite_loss_never_reaches_the_weights_under_zero_or_on_one_rank(
     script = [str(REPO / "tests/reliability/poisoned_step.py"), str(grammar_corpus), str(tmp_path / "run"), "inf",
               ranks, *overrides]
     launcher = [] if launch == "one" else ["-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr",
-                                           "127.0.0.1", "--master_port", "29547"]
+                                           "127.0.0.1", "--master_port", "29549"]
     proc = subprocess.run([sys.executable, *launcher, *script], env={**os.environ, "OMP_NUM_THREADS": "1"},
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]

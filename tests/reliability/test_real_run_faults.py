@@ -239,7 +239,7 @@ def test_zero_on_one_process_without_a_launcher_trains_and_resumes(tmp_path, gra
 # 13. torchrun and the stop protocol --------------------------------------------------------------
 def _torchrun(run: Path, data: Path, log: Path, *torchrun_args: str) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", "29563", *torchrun_args, "-m", "elmo_dist",
+           "--master_port", "29565", *torchrun_args, "-m", "elmo_dist",
            *pretrain_args(run, data, "train.max_steps=5000", "checkpoint.every=0")]
     proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE, stderr=open(log, "w"), start_new_session=True)
     _wait_until(lambda: "step 20/5000" in log.read_text(), proc, log)

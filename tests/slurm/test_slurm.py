@@ -64,7 +64,7 @@ def reference(tmp_path_factory, grammar_corpus) -> Path:
     """The same run launched with torchrun (2 processes, no Slurm) and never interrupted."""
     run = tmp_path_factory.mktemp("torchrun") / "run"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", "29541", "-m", "elmo_dist", "pretrain", *pretrain_args(run, grammar_corpus)]
+           "--master_port", "29543", "-m", "elmo_dist", "pretrain", *pretrain_args(run, grammar_corpus)]
     proc = subprocess.run(cmd, env={**os.environ, **ENV}, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return run
