@@ -89,18 +89,17 @@ class PretrainJob(submitit.helpers.Checkpointable):
                                "submitted config")
         with StopRequest.from_env(signals, cfg.train.deadline_margin_s) as stopper:
             summary, is_main = pretrain(cfg, stopper=stopper)
-            preempted = summary["stopped"] is not None and stopper.wait_for(
-                sig, TERM_GRACE_S if summary["stopped"] == "terminate signal" else 0)
+            preempted = sig in stopper.seen or (summary["stopped"] == "terminate signal"
+                                                and stopper.wait_for(sig, TERM_GRACE_S))
         if summary["stopped"] and not summary["finished"]:
-            self._requeue_or_fail(sig, requeue_handler, summary, is_main, preempted)
+            self._requeue_or_fail(sig, requeue_handler, summary, is_main, preempted, cfg.slurm.max_requeues)
         return summary
 
-    def _requeue_or_fail(self, sig, handler, summary: dict, is_main: bool, preempted: bool) -> None:
+    def _requeue_or_fail(self, sig, handler, summary: dict, is_main: bool, preempted: bool, limit: int) -> None:
         where = f"at step {summary['steps']} ({summary['stopped']}); checkpoint {summary['checkpoint']}"
         if summary["stopped"] == "terminate signal" and not preempted:  # scancel: stop for good, as under sbatch
             raise RuntimeError(f"pretraining stopped {where}; SIGTERM without {sig.name} (a cancel, not a "
                                "preemption) does not requeue: submit it again to resume")
-        limit = int(self.tree.get("slurm", {}).get("max_requeues", 0))
         if self.requeues >= limit:
             raise RuntimeError(f"pretraining stopped {where}; not requeued: the job was requeued "
                                f"{self.requeues} time(s) already (slurm.max_requeues={limit}). Submit it "

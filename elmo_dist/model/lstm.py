@@ -36,23 +36,23 @@ class ProjectedLstm(nn.Module):
         if not self.clipped:
             return self.lstm(x, state)
         lstm = self.lstm
-        h, c = self._initial(x, state)
-        gates_x = torch.nn.functional.linear(x, lstm.weight_ih_l0, lstm.bias_ih_l0 + lstm.bias_hh_l0)
+        gates_x, h, c = self._start(x, state)
         out, h, c = clipped_lstm(gates_x, h, c, lstm.weight_hh_l0, lstm.weight_hr_l0, self.cell_clip, self.proj_clip)
         return out, (h.unsqueeze(0), c.unsqueeze(0))
 
-    def _initial(self, x: torch.Tensor, state: State | None) -> tuple[torch.Tensor, torch.Tensor]:
+    def _start(self, x: torch.Tensor, state: State | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The input half of the gates for every step in one matrix multiply, and the initial h, c."""
+        lstm = self.lstm
+        gates_x = torch.nn.functional.linear(x, lstm.weight_ih_l0, lstm.bias_ih_l0 + lstm.bias_hh_l0)
         if state is not None:
-            return state[0][0], state[1][0]
-        return x.new_zeros(x.shape[0], self.lstm.proj_size), x.new_zeros(x.shape[0], self.lstm.hidden_size)
+            return gates_x, state[0][0], state[1][0]
+        return gates_x, x.new_zeros(x.shape[0], lstm.proj_size), x.new_zeros(x.shape[0], lstm.hidden_size)
 
     def reference_forward(self, x: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
         """The clipped cell step by step in autograd ops: the reference `clipped_lstm` is checked
         against (tests/unit/test_lstm.py; the GPU check does the same on CUDA). Same result, slower."""
         lstm = self.lstm
-        h, c = self._initial(x, state)
-        # the input half of the gates for every step in one matrix multiply
-        gates_x = torch.nn.functional.linear(x, lstm.weight_ih_l0, lstm.bias_ih_l0 + lstm.bias_hh_l0)
+        gates_x, h, c = self._start(x, state)
         outputs = []
         for t in range(x.shape[1]):
             gates = gates_x[:, t] + h @ lstm.weight_hh_l0.t()

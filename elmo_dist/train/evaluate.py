@@ -64,9 +64,9 @@ def evaluate_bilm(model, corpus: PreparedCorpus, data_cfg, device, reduce=None, 
     model.eval()
     totals = torch.zeros(4, dtype=torch.float64, device=device)
     state = None
+    context = data_cfg.eval_context_tokens if data_cfg.stateful else 0  # a stateless LSTM has no state to warm
     for batch in eval_batches(corpus, data_cfg.eval_batch_size, data_cfg.unroll_steps, data_cfg.max_eval_tokens,
-                              rank=rank, world_size=world_size,
-                              context_tokens=data_cfg.eval_context_tokens if data_cfg.stateful else 0):
+                              rank=rank, world_size=world_size, context_tokens=context):
         b = to_device(batch, device)
         if b["reset"] or not data_cfg.stateful:
             state = None
@@ -82,7 +82,7 @@ def evaluate_bilm(model, corpus: PreparedCorpus, data_cfg, device, reduce=None, 
     assert n_f == n_b, "every held-out token is predicted once in each direction"
     # the lanes and their warm-up context are part of what the figure means (README, Evaluation)
     return {**ppl_summary(nll_f, nll_b, n_f), "val_tokens": int(n_f), "val_lanes": data_cfg.eval_batch_size,
-            "val_context_tokens": data_cfg.eval_context_tokens if data_cfg.stateful else 0}
+            "val_context_tokens": context}
 
 
 def _zero_rows(layers: list, rows: torch.Tensor) -> list:
