@@ -9,6 +9,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 DEMO_DIR ?= runs/demo
 TORCH_PIN := torch==2.13.0
+# pytest worker processes for `make test` (each test file runs whole on one worker)
+TEST_JOBS ?= 2
 
 .PHONY: demo test bench venv clean
 
@@ -43,7 +45,7 @@ demo: $(VENV)/.demo-installed
 test: $(VENV)/.dev-installed
 	$(BIN)/ruff check .
 	tests/slurm/install-slurm.sh
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest tests --durations=25
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest tests -n $(TEST_JOBS) --dist loadfile --durations=25
 
 # `make bench`: the CPU figures of README, Performance; JSON in benchmarks/results/
 BENCH := benchmarks/results

@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -36,9 +37,16 @@ def final_weights(run):
     return load_file(str(run / "checkpoints" / "step-12" / "model.safetensors"))
 
 
-def test_two_processes_equal_one_with_the_same_global_batch(tmp_path, grammar_corpus):
+@pytest.fixture(scope="module")
+def one_process(tmp_path_factory, grammar_corpus):
+    """The reference every multi-process launch must equal: one process with the global batch of 16 rows."""
+    run = tmp_path_factory.mktemp("one") / "run"
+    run_cli(*pretrain_args(run, grammar_corpus, "data.batch_size=16"))
+    return run
+
+
+def test_two_processes_equal_one_with_the_same_global_batch(tmp_path, grammar_corpus, one_process):
     # one process with 16 rows vs two processes with 8 rows each
-    run_cli(*pretrain_args(tmp_path / "one", grammar_corpus, "data.batch_size=16"))
     proc = torchrun(2, *pretrain_args(tmp_path / "two", grammar_corpus, "data.batch_size=8"))
     # accumulation: each row reads its next window as the second micro-batch, LSTM state flowing on;
     # 2 processes x 4 rows x 2 micro-batches must equal 1 process x 8 rows x 2 micro-batches
@@ -46,13 +54,13 @@ def test_two_processes_equal_one_with_the_same_global_batch(tmp_path, grammar_co
                            "dist.gradient_accumulation_steps=2"))
     torchrun(2, *pretrain_args(tmp_path / "accum", grammar_corpus, "data.batch_size=4",
                                "dist.gradient_accumulation_steps=2"))
-    one, two = final_weights(tmp_path / "one"), final_weights(tmp_path / "two")
+    one, two = final_weights(one_process), final_weights(tmp_path / "two")
     for name in one:
         torch.testing.assert_close(two[name], one[name], rtol=1e-4, atol=1e-5, msg=name)
     ref, acc = final_weights(tmp_path / "one_accum"), final_weights(tmp_path / "accum")
     for name in ref:
         torch.testing.assert_close(acc[name], ref[name], rtol=1e-4, atol=1e-5, msg=name)
-    s_one = json.loads((tmp_path / "one" / "summary.json").read_text())
+    s_one = json.loads((one_process / "summary.json").read_text())
     s_two = json.loads((tmp_path / "two" / "summary.json").read_text())
     assert s_two["processes"] == 2 and s_two["ranks_in_sync"] is True
     assert s_two["tokens"] == s_one["tokens"] == 12 * 16 * 10
@@ -79,9 +87,7 @@ def test_fp16_on_cpu_is_refused_and_bf16_runs(tmp_path, grammar_corpus):
     assert summary["steps"] == 4 and summary["val_ppl"] < summary["unigram_ppl"] * 2
 
 
-def test_two_nodes_on_localhost_train_as_one_group(tmp_path, grammar_corpus):
-    run_cli(*pretrain_args(tmp_path / "one", grammar_corpus, "data.batch_size=16"))
-
+def test_two_nodes_on_localhost_train_as_one_group(tmp_path, grammar_corpus, one_process):
     def node(rank):
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--node_rank", str(rank),
                "--nproc_per_node", "1", "--master_addr", "127.0.0.1", "--master_port", "29523", "-m", "elmo_dist",
@@ -93,7 +99,7 @@ def test_two_nodes_on_localhost_train_as_one_group(tmp_path, grammar_corpus):
     assert [p.returncode for p in nodes] == [0, 0], outputs
     summary = json.loads((tmp_path / "nodes" / "summary.json").read_text())
     assert summary["processes"] == 2 and summary["ranks_in_sync"] is True
-    one, two = final_weights(tmp_path / "one"), final_weights(tmp_path / "nodes")
+    one, two = final_weights(one_process), final_weights(tmp_path / "nodes")
     for name in one:
         torch.testing.assert_close(two[name], one[name], rtol=1e-4, atol=1e-5, msg=name)
 
@@ -108,22 +114,20 @@ def test_resume_a_two_process_run_on_one_process(tmp_path, grammar_corpus):
     assert summary["val_ppl"] < summary["unigram_ppl"] * 2
 
 
-def test_accelerate_launch_with_the_shipped_config(tmp_path, grammar_corpus):
-    run_cli(*pretrain_args(tmp_path / "one", grammar_corpus, "data.batch_size=16"))
+def test_accelerate_launch_with_the_shipped_config(tmp_path, grammar_corpus, one_process):
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
            str(REPO / "configs/accelerate/multi_gpu.yaml"), "--num_processes", "2", "--main_process_port", "29527",
            "-m", "elmo_dist", *pretrain_args(tmp_path / "acc", grammar_corpus, "data.batch_size=8", "train.device=cpu")]
     proc = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     assert json.loads((tmp_path / "acc" / "summary.json").read_text())["processes"] == 2
-    one, two = final_weights(tmp_path / "one"), final_weights(tmp_path / "acc")
+    one, two = final_weights(one_process), final_weights(tmp_path / "acc")
     for name in one:
         torch.testing.assert_close(two[name], one[name], rtol=1e-4, atol=1e-5, msg=name)
 
 
-def test_srun_style_tasks_form_one_group(tmp_path, grammar_corpus):
+def test_srun_style_tasks_form_one_group(tmp_path, grammar_corpus, one_process):
     """Two processes started the way srun starts tasks: only SLURM_* variables, no torch ones."""
-    run_cli(*pretrain_args(tmp_path / "one", grammar_corpus, "data.batch_size=16"))
     base = {k: v for k, v in ENV.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
     tasks = []
     for rank in (0, 1):
@@ -135,7 +139,7 @@ def test_srun_style_tasks_form_one_group(tmp_path, grammar_corpus):
     outputs = [t.communicate(timeout=600)[0] for t in tasks]
     assert [t.returncode for t in tasks] == [0, 0], outputs
     assert json.loads((tmp_path / "srun" / "summary.json").read_text())["processes"] == 2
-    one, two = final_weights(tmp_path / "one"), final_weights(tmp_path / "srun")
+    one, two = final_weights(one_process), final_weights(tmp_path / "srun")
     for name in one:
         torch.testing.assert_close(two[name], one[name], rtol=1e-4, atol=1e-5, msg=name)
 

@@ -8,6 +8,7 @@ import json
 import os
 import pickle
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -33,12 +34,24 @@ def _reseal(ckpt: Path) -> None:
     (ckpt / "COMPLETE").write_text(json.dumps(marker))
 
 
-@pytest.mark.parametrize("victim", ["optimizer.pt", "rng-rank0.pt", "state-rank0.pt"])
-def test_a_crafted_pickle_in_a_checkpoint_does_not_run(tmp_path, grammar_corpus, victim):
-    run, marker = tmp_path / "run", tmp_path / "PWNED"
-    args = ["pretrain", str(REPO / "configs/debug.yaml"), f"data.dir={grammar_corpus}", f"train.run_dir={run}",
+def _pretrain_args(run: Path, data: Path) -> list[str]:
+    return ["pretrain", str(REPO / "configs/debug.yaml"), f"data.dir={data}", f"train.run_dir={run}",
             *TINY_OVERRIDES, "train.eval_every=0", "checkpoint.every=0"]
-    run_cli(*args, "train.max_steps=3")
+
+
+@pytest.fixture(scope="module")
+def three_step_run(tmp_path_factory, grammar_corpus) -> Path:
+    """A run stopped at step 3: each case below tampers with its own copy."""
+    run = tmp_path_factory.mktemp("victim") / "run"
+    run_cli(*_pretrain_args(run, grammar_corpus), "train.max_steps=3")
+    return run
+
+
+@pytest.mark.parametrize("victim", ["optimizer.pt", "rng-rank0.pt", "state-rank0.pt"])
+def test_a_crafted_pickle_in_a_checkpoint_does_not_run(tmp_path, grammar_corpus, three_step_run, victim):
+    run, marker = tmp_path / "run", tmp_path / "PWNED"
+    shutil.copytree(three_step_run, run)
+    args = _pretrain_args(run, grammar_corpus)
     ckpt = run / "checkpoints" / "step-3"
     (ckpt / victim).write_bytes(pickle.dumps(Payload(marker)))
     assert not marker.exists()
