@@ -6,6 +6,7 @@
 
 - `pretrain`: the pretraining run config (`Config`: model, data, optim, train, checkpoint, logging, dist, slurm);
 - `finetune`: the fine-tuning config (`FinetuneConfig`);
+- `group`: the process-group keys both carry in `dist` (backend, connect and collective timeouts);
 - `slurm`: the `slurm` section both carry, read only by `elmo-dist submit`.
 
 Each key is documented once, in its field's docstring; `configs/reference/` is generated from them

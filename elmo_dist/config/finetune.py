@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from elmo_dist import configlib
+from elmo_dist.config.group import ProcessGroupConfig, validate_process_group
 from elmo_dist.config.slurm import SlurmConfig, validate_slurm
 
 # the ways of combining the biLM's layers (elmo_dist.model.scalar_mix builds them)
@@ -132,18 +133,8 @@ class FinetuneTrain:
 
 
 @dataclass
-class FinetuneDist:
-    backend: str = "auto"
-    """Process-group backend when several processes fine-tune (torchrun, srun): auto (nccl on CUDA,
-    gloo on CPU), gloo or nccl."""
-    timeout_minutes: int = 30
-    """How long a collective may wait, once the processes have formed their group, before the run
-    fails instead of hanging."""
-    connect_timeout_s: int = 300
-    """How long forming the process group may take (seconds): every process must have started and
-    reached the others within this, or the start fails in one line naming the rendezvous address.
-    Bounds the wait for a process that died or never started (under torchrun --max-restarts a
-    lost worker once kept the others in gloo's connect for over 10 minutes)."""
+class FinetuneDist(ProcessGroupConfig):
+    """Fine-tuning's `dist` section: only the process-group keys (config/group.py)."""
 
 
 @dataclass
@@ -195,9 +186,7 @@ def validate_finetune(cfg: FinetuneConfig) -> None:
              f"must be none or balanced, got '{cfg.train.class_weights}'")
     _require(all(isinstance(s, int) for s in cfg.train.seeds) and len(set(cfg.train.seeds)) == len(cfg.train.seeds),
              "train.seeds", f"must be a list of distinct integers, got {cfg.train.seeds}")
-    _require(cfg.dist.backend in ("auto", "gloo", "nccl"), "dist.backend", "must be auto, gloo or nccl")
-    for key in ("timeout_minutes", "connect_timeout_s"):
-        _require(getattr(cfg.dist, key) > 0, f"dist.{key}", "must be positive")
+    validate_process_group(cfg.dist)
     _require(cfg.optim.decay in ("none", "linear", "cosine"), "optim.decay",
              f"must be none, linear or cosine, got '{cfg.optim.decay}'")
     _require(cfg.optim.warmup_steps >= 0, "optim.warmup_steps", "must be >= 0")

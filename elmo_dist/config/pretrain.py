@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from elmo_dist import configlib
+from elmo_dist.config.group import ProcessGroupConfig, validate_process_group
 from elmo_dist.config.slurm import SlurmConfig, validate_slurm
 from elmo_dist.errors import ConfigError
 
@@ -163,7 +164,9 @@ class LoggingConfig:
 
 
 @dataclass
-class DistConfig:
+class DistConfig(ProcessGroupConfig):
+    """Pretraining's `dist` section: the process-group keys (config/group.py), then precision and ZeRO."""
+
     mixed_precision: str = "no"
     """no | bf16 | fp16 | auto (bf16 on CUDA, no on CPU). fp16 needs CUDA; bf16 on CPU is a slow correctness path."""
     gradient_accumulation_steps: int = 1
@@ -177,16 +180,6 @@ class DistConfig:
     deepspeed_config: str = ""
     """Optional DeepSpeed JSON (e.g. configs/deepspeed/zero3.json) for bucket tuning; keys the run config
     also sets must agree with it, or the run stops."""
-    backend: str = "auto"
-    """Process-group backend: auto (nccl on CUDA, gloo on CPU), gloo or nccl."""
-    timeout_minutes: int = 30
-    """How long a collective may wait, once the processes have formed their group, before the run
-    fails instead of hanging."""
-    connect_timeout_s: int = 300
-    """How long forming the process group may take (seconds): every process must have started and
-    reached the others within this, or the start fails in one line naming the rendezvous address.
-    Bounds the wait for a process that died or never started (under torchrun --max-restarts a
-    lost worker once kept the others in gloo's connect for over 10 minutes)."""
 
 
 @dataclass
@@ -295,10 +288,7 @@ def validate(cfg: Config) -> None:
     _require(dist.mixed_precision in ("no", "bf16", "fp16", "auto"), "dist.mixed_precision",
              f"must be no, bf16, fp16 or auto, got '{dist.mixed_precision}'")
     _require(dist.gradient_accumulation_steps >= 1, "dist.gradient_accumulation_steps", "must be >= 1")
-    _require(dist.backend in ("auto", "gloo", "nccl"), "dist.backend",
-             f"must be auto, gloo or nccl, got '{dist.backend}'")
-    for key in ("timeout_minutes", "connect_timeout_s"):
-        _require(getattr(dist, key) > 0, f"dist.{key}", "must be positive")
+    validate_process_group(dist)
     _require(dist.zero_stage in (0, 1, 2, 3), "dist.zero_stage", f"must be 0, 1, 2 or 3, got {dist.zero_stage}")
     _require(dist.offload_optimizer in ("none", "cpu"), "dist.offload_optimizer", "must be none or cpu")
     _require(dist.offload_params in ("none", "cpu"), "dist.offload_params", "must be none or cpu")

@@ -4,7 +4,7 @@
     python -m elmo_dist.config.reference --check   # exit 1 if either file is stale
 
 Each key is documented once, in the docstring under its field (elmo_dist/config/pretrain.py,
-finetune.py, slurm.py). This module renders every section and key of `Config` and `FinetuneConfig`
+finetune.py, group.py, slurm.py). This module renders every section and key of `Config` and `FinetuneConfig`
 with its default value and, as `#` lines right above it, its docstring. The output is itself a
 valid config that loads to the defaults (see REQUIRED_EXAMPLES for the one exception).
 """
@@ -41,19 +41,20 @@ REQUIRED_EXAMPLES: dict[type, dict[str, object]] = {
 
 
 def field_docs(cls: type) -> dict[str, str]:
-    """{field name: its docstring} of one dataclass, read from its source.
+    """{field name: its docstring} of one dataclass and the dataclasses it extends, read from their source.
 
     Python drops a string literal under a class attribute, so it can only be read back from the
     source: the `ast` of the class body, where an attribute docstring is the Expr after the field.
     """
-    tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
-    body = tree.body[0].body
     docs = {}
-    for stmt, nxt in zip(body, body[1:]):
-        if (isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name)
-                and isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant)
-                and isinstance(nxt.value.value, str)):
-            docs[stmt.target.id] = inspect.cleandoc(nxt.value.value)
+    # base classes first, so that a field a subclass redefines takes the subclass's docstring
+    for klass in reversed([k for k in cls.__mro__ if dataclasses.is_dataclass(k)]):
+        body = ast.parse(textwrap.dedent(inspect.getsource(klass))).body[0].body
+        for stmt, nxt in zip(body, body[1:]):
+            if (isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name)
+                    and isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant)
+                    and isinstance(nxt.value.value, str)):
+                docs[stmt.target.id] = inspect.cleandoc(nxt.value.value)
     return docs
 
 
