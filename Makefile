@@ -45,6 +45,9 @@ demo: $(VENV)/.demo-installed
 test: $(VENV)/.dev-installed
 	$(BIN)/ruff check .
 	tests/slurm/install-slurm.sh
+	# byte-compile once: where PYTHONDONTWRITEBYTECODE is set (as on CI), each of the suite's hundreds of
+	# elmo-dist processes would otherwise compile the package again
+	$(BIN)/python -m compileall -q elmo_dist benchmarks
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest tests -n $(TEST_JOBS) --dist loadfile --durations=25
 
 # `make bench`: the CPU figures of README, Performance; JSON in benchmarks/results/

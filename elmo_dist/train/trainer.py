@@ -101,13 +101,20 @@ class Trainer:
         self.batcher.load_state_dict(state["data"])
         self.guard.load_state_dict(state["guard"])
 
+    def _bare_model(self) -> torch.nn.Module:
+        """The model inside DDP's wrapper, when not under DeepSpeed. Not `accelerator.unwrap_model`:
+        that imports DeepSpeed and FSDP to test for their wrappers, a cost every short run would pay."""
+        model = self.model
+        return model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
+
     def save(self) -> Path:
         acc, rank = self.accelerator, self.accelerator.process_index
         tmp = self.run_dir / "checkpoints" / f".tmp-step-{self.step}"
         if acc.is_main_process:
             tmp = ckpt.begin(self.run_dir, self.step)
         acc.wait_for_everyone()
-        weights = acc.get_state_dict(self.model)  # every rank takes part: ZeRO-3 gathers the shards
+        # under ZeRO every rank takes part (stage 3 gathers the shards)
+        weights = acc.get_state_dict(self.model) if self.uses_deepspeed else self._bare_model().state_dict()
         if self.uses_deepspeed:  # ZeRO-partitioned weights and optimizer state, one file per rank
             acc.deepspeed_engine_wrapped.engine.save_checkpoint(str(tmp / "deepspeed"), tag="state")
         if acc.is_main_process:
@@ -144,7 +151,7 @@ class Trainer:
         if self.uses_deepspeed:
             acc.deepspeed_engine_wrapped.engine.load_checkpoint(str(path / "deepspeed"), tag="state")
         else:
-            acc.unwrap_model(self.model).load_state_dict(load_weights(path))
+            self._bare_model().load_state_dict(load_weights(path))
             self.optimizer.load_state_dict(load_tensors(path / "optimizer.pt"))
         rng, lstm = ckpt.read_rank(path, rank)
         if rng is not None:
