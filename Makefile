@@ -48,7 +48,7 @@ test: $(VENV)/.dev-installed
 	# byte-compile once: where PYTHONDONTWRITEBYTECODE is set (as on CI), each of the suite's hundreds of
 	# elmo-dist processes would otherwise compile the package again
 	$(BIN)/python -m compileall -q elmo_dist benchmarks
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest tests -n $(TEST_JOBS) --dist loadfile --durations=25
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest tests -n $(TEST_JOBS) --dist loadfile --no-loadscope-reorder --durations=25
 
 # `make bench`: the CPU figures of README, Performance; JSON in benchmarks/results/
 BENCH := benchmarks/results

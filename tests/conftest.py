@@ -12,6 +12,26 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 
+# The slowest test files, slowest first (serial wall time). `make test` runs each file whole on one of
+# two workers (pytest -n 2 --dist loadfile --no-loadscope-reorder), handing out files in collection
+# order: starting the long ones first keeps one worker from being left alone with a long file at the end.
+# A stale list costs only time.
+SLOWEST_FIRST = [
+    "tests/distributed/test_ddp.py", "tests/reliability/test_kill_anywhere.py", "tests/slurm/test_slurm.py",
+    "tests/distributed/test_zero.py", "tests/reliability/test_real_run_faults.py",
+    "tests/integration/test_benchmarks.py", "tests/integration/test_submit_local.py",
+    "tests/integration/test_run_layouts.py", "tests/reliability/test_bad_input.py",
+    "tests/integration/test_finetune.py", "tests/reliability/test_nan_guard.py",
+    "tests/integration/test_finetune_options.py", "tests/interop/test_elmo_format.py",
+    "tests/integration/test_pretrain.py", "tests/distributed/test_finetune_ddp.py",
+    "tests/reliability/test_security.py",
+]
+
+
+def pytest_collection_modifyitems(items):
+    rank = {path: i for i, path in enumerate(SLOWEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.nodeid.split("::")[0], len(rank)))  # stable: the rest keep their order
+
 
 def write_grammar_corpus(path: Path, n_lines: int, seed: int = 0) -> Path:
     """Sentences from a small grammar: the next word is predictable, the unigram model is not."""
