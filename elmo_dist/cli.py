@@ -176,10 +176,11 @@ def _print_ppl(summary: dict) -> None:
 
 def cmd_pretrain(args) -> int:
     from elmo_dist.config import load_config
+
+    cfg = load_config(args.config, args.overrides)  # before importing torch: a config error comes at once
     from elmo_dist.train.stop import StopReason, StopRequest, under_elastic_agent
     from elmo_dist.train.trainer import pretrain
 
-    cfg = load_config(args.config, args.overrides)
     stopper = args.stopper.configure(cfg.train.stop_signals, cfg.train.deadline_margin_s)
     summary, is_main = pretrain(cfg, stop_at_step=args.stop_at_step, stopper=stopper)
     stopper.ignore()
@@ -219,10 +220,11 @@ def cmd_export(args) -> int:
 
 
 def cmd_finetune(args) -> int:
-    from elmo_dist.classify.finetune import finetune
     from elmo_dist.config import load_finetune_config, single_variant
 
-    cfg = load_finetune_config(args.config, args.overrides)
+    cfg = load_finetune_config(args.config, args.overrides)  # before importing torch and scikit-learn
+    from elmo_dist.classify.finetune import finetune
+
     finetune(single_variant(cfg, args.variant) if args.variant is not None else cfg)
     return 0
 

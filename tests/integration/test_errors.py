@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import gzip
 import json
+import subprocess
+import sys
+
+import pytest
 
 from conftest import REPO, TINY_OVERRIDES, run_cli, write_grammar_corpus
 
@@ -69,6 +73,19 @@ def test_typo_in_config_key_names_the_closest_key(tmp_path):
                                  f"train.run_dir={tmp_path / 'r'}", check=False))
     assert "'train.max_step'" in err and "did you mean 'train.max_steps'" in err
     assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("command,config,typo", [("pretrain", "configs/debug.yaml", "train.max_step=5"),
+                                                  ("finetune", "configs/finetune.yaml", "optim.lrr=0.1")])
+def test_a_config_error_comes_before_torch_is_loaded(command, config, typo):
+    """A typo is reported at once: the command reads its config before importing torch (and, for
+    finetune, scikit-learn), which would take seconds first."""
+    code = ("import sys\nfrom elmo_dist.cli import main\n"
+            f"status = main([{command!r}, {str(REPO / config)!r}, {typo!r}])\n"
+            "print(status, 'torch' in sys.modules, 'sklearn' in sys.modules)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.stdout.split() == ["2", "False", "False"], proc.stdout + proc.stderr
+    assert f"unknown config key '{typo.split('=')[0]}'" in proc.stderr
 
 
 def test_typo_in_yaml_file_names_the_file_and_key(tmp_path):
