@@ -89,15 +89,15 @@ class PretrainJob(submitit.helpers.Checkpointable):
                                "submitted config")
         with StopRequest.from_env(signals, cfg.train.deadline_margin_s) as stopper:
             summary, is_main = pretrain(cfg, stopper=stopper)
-            preempted = sig in stopper.seen or (summary["stopped"] == "terminate signal"
-                                                and stopper.wait_for(sig, TERM_GRACE_S))
+            # a preemption is SIGTERM and then `sig`; SIGTERM alone is a cancel (scancel)
+            cancelled = summary["stopped"] == "terminate signal" and not stopper.wait_for(sig, TERM_GRACE_S)
         if summary["stopped"] and not summary["finished"]:
-            self._requeue_or_fail(sig, requeue_handler, summary, is_main, preempted, cfg.slurm.max_requeues)
+            self._requeue_or_fail(sig, requeue_handler, summary, is_main, cancelled, cfg.slurm.max_requeues)
         return summary
 
-    def _requeue_or_fail(self, sig, handler, summary: dict, is_main: bool, preempted: bool, limit: int) -> None:
+    def _requeue_or_fail(self, sig, handler, summary: dict, is_main: bool, cancelled: bool, limit: int) -> None:
         where = f"at step {summary['steps']} ({summary['stopped']}); checkpoint {summary['checkpoint']}"
-        if summary["stopped"] == "terminate signal" and not preempted:  # scancel: stop for good, as under sbatch
+        if cancelled:  # stop for good, as under sbatch
             raise RuntimeError(f"pretraining stopped {where}; SIGTERM without {sig.name} (a cancel, not a "
                                "preemption) does not requeue: submit it again to resume")
         if self.requeues >= limit:

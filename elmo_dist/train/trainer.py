@@ -113,10 +113,12 @@ class Trainer:
         if acc.is_main_process:
             tmp = ckpt.begin(self.run_dir, self.step)
         acc.wait_for_everyone()
-        # under ZeRO every rank takes part (stage 3 gathers the shards)
-        weights = acc.get_state_dict(self.model) if self.uses_deepspeed else self._bare_model().state_dict()
-        if self.uses_deepspeed:  # ZeRO-partitioned weights and optimizer state, one file per rank
+        if self.uses_deepspeed:
+            weights = acc.get_state_dict(self.model)  # every rank takes part: ZeRO-3 gathers the shards
+            # ZeRO-partitioned weights and optimizer state, one file per rank
             acc.deepspeed_engine_wrapped.engine.save_checkpoint(str(tmp / "deepspeed"), tag="state")
+        else:
+            weights = self._bare_model().state_dict()
         if acc.is_main_process:
             optimizer = None if self.uses_deepspeed else self.optimizer.state_dict()
             ckpt.write_main(tmp, weights, self.state_dict(), self.cfg, optimizer)
