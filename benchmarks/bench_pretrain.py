@@ -7,8 +7,9 @@ optionally against the naive baseline.
 
 The corpus is a generated Zipf text (100k words by default) prepared once into a temporary directory.
 MFU counts the work actually done (the char CNN on the distinct tokens of a batch at its trimmed
-width, the LSTMs, the sampled softmax), x3 for forward + backward, against the peak of a known GPU,
-or --peak-tflops, or on the CPU the matrix-multiply rate measured at start-up.
+width, the LSTMs, the sampled softmax), x3 for forward + backward, against the matrix-multiply rate
+measured on the device at start-up (on CUDA in the run's precision, 8192-square), or --peak-tflops;
+on a known GPU the MFU against its data-sheet peak is reported beside it.
 """
 from __future__ import annotations
 
@@ -48,6 +49,9 @@ def parse_args(argv=None):
     p.add_argument("--corpus-tokens", type=int, default=1_000_000)
     p.add_argument("--vocab", type=int, default=100_000)
     p.add_argument("--gemm-seconds", type=float, default=1.0, help="how long to time the GEMM rate")
+    p.add_argument("--profile", metavar="FILE",
+                   help="also profile a few steps (torch.profiler): the operator table to FILE, the busy time "
+                        "and the top operators in the results")
     p.add_argument("--out", help="JSON file for the results")
     return p.parse_args(argv)
 
@@ -127,7 +131,35 @@ def measure(args) -> dict:
         if args.compare_clip:
             res.update(_clip_costs(trainer, batches, args.compare_clip, args.steps, device))
         res["peak_memory_mib"] = peak_memory_mib(device)
+        if args.profile:
+            res["profile"] = _profile(trainer, batches, args.profile, device)
         return res
+
+
+def _profile(trainer, batches, path: str, device: str, steps: int = 3) -> dict:
+    """Where a step's time goes: torch.profiler over `steps` steps. The operator table (by own device
+    time on CUDA, own CPU time otherwise) goes to `path`; the results get the wall time per step,
+    the device's busy time per step (wall minus busy is launch overhead and host work) and the top
+    operators. A profiler that cannot start is reported, not fatal: the timings above stand."""
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = device.startswith("cuda")
+    key = "self_device_time_total" if cuda else "self_cpu_time_total"
+    feed = itertools.cycle(batches)
+    trainer.train_step(next(feed))
+    try:
+        with profile(activities=[ProfilerActivity.CPU, *([ProfilerActivity.CUDA] if cuda else [])]) as prof:
+            wall = _timed(lambda: trainer.train_step(next(feed)), steps, device)
+        events = prof.key_averages()
+        Path(path).write_text(events.table(sort_by=key, row_limit=40))
+    except Exception as e:  # noqa: BLE001 - e.g. no CUPTI on the machine
+        return {"error": f"{type(e).__name__}: {e}"}
+    top = sorted(events, key=lambda e: getattr(e, key), reverse=True)[:12]
+    return {"steps": steps, "wall_ms_per_step": wall * 1e3,
+            "busy_ms_per_step": sum(getattr(e, key) for e in events) / steps / 1e3,
+            "ops_per_step": sum(e.count for e in events) / steps,
+            "top": [{"op": e.key, "ms_per_step": getattr(e, key) / steps / 1e3, "calls_per_step": e.count / steps}
+                    for e in top]}
 
 
 def per_position(batch: dict, max_chars: int) -> dict:
@@ -219,13 +251,16 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     res = measure(args)
     device = res["device"]
-    gemm = (gemm_gflops(device, seconds=args.gemm_seconds)
-            if not device.startswith("cuda") or not args.peak_tflops else None)
-    peak, gpu = (args.peak_tflops, None) if args.peak_tflops else gpu_peak_tflops(args.precision)
-    peak_gflops = peak * 1e3 if peak else gemm
+    cuda = device.startswith("cuda")
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.precision] if cuda else None
+    gemm = None if args.peak_tflops else gemm_gflops(device, n=8192 if cuda else 1024, dtype=dtype,
+                                                      seconds=args.gemm_seconds)
+    spec, _ = gpu_peak_tflops(args.precision) if cuda else (None, None)
+    peak_gflops = args.peak_tflops * 1e3 if args.peak_tflops else gemm
     achieved = res["tokens_per_s"] * res["flops_per_token"] / 1e9
     res.update(machine=machine(), gemm_gflops=gemm, peak_gflops=peak_gflops, achieved_gflops=achieved,
-               mfu=achieved / peak_gflops if peak_gflops else None)
+               mfu=achieved / peak_gflops if peak_gflops else None,
+               spec_peak_gflops=spec * 1e3 if spec else None, mfu_vs_spec=achieved / (spec * 1e3) if spec else None)
     rows = [("flavour / device / precision", f"{args.flavour} / {device} / {args.precision}"
                                              + (" / no dedup" if args.no_dedup else "")),
             ("batch (rows x steps)", f"{args.batch_size} x {args.unroll}"),
@@ -240,6 +275,14 @@ def main(argv=None) -> dict:
             ("achieved", f"{achieved:,.1f} GFLOP/s"),
             ("measured GEMM rate", f"{gemm:,.1f} GFLOP/s" if gemm else "-"),
             ("MFU", f"{res['mfu']:.1%} of {peak_gflops:,.0f} GFLOP/s" if res["mfu"] else "-")]
+    if res["mfu_vs_spec"]:
+        rows.append(("MFU against the data sheet",
+                     f"{res['mfu_vs_spec']:.1%} of {res['spec_peak_gflops']:,.0f} GFLOP/s"))
+    if "profile" in res:
+        prof = res["profile"]
+        rows.append(("profile", prof.get("error") or f"busy {prof['busy_ms_per_step']:.1f} of "
+                                                     f"{prof['wall_ms_per_step']:.1f} ms/step, "
+                                                     f"{prof['ops_per_step']:,.0f} ops/step"))
     if args.compare_naive:
         res["speedup_vs_naive"] = res["naive_ms_per_step"] / res["ms_per_step"]
         rows += [("naive baseline tokens/s", f"{res['naive_tokens_per_s']:,.0f}"),

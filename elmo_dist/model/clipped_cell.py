@@ -18,8 +18,14 @@ the weight gradients of all steps summed in one matrix product each at the end. 
 the step-by-step autograd cell (`ProjectedLstm.reference_forward`) within float rounding; the
 clip's gradient is torch.clamp's (it passes where |x| <= clip, as TF's clip_by_value does).
 
-Computed in float32 (float64 if an input is) whatever the autocast context: the recurrence
-accumulates over the window. The gradients come back in the inputs' dtypes. Not twice differentiable.
+Precision: the cell state, the gates and their elementwise arithmetic are float32 (float64 if an
+input is) whatever the autocast context, since the recurrence accumulates over the window. Under
+autocast the two recurrent matrix products take their operands in the autocast dtype (bf16/fp16,
+accumulated in float32 by the matmul), as cuDNN's LSTM does: in float32 they would run on a GPU's
+CUDA cores rather than its tensor cores, several times slower, and with `original`'s 4096 cells
+they are a third of a training step's arithmetic. So under autocast the outputs and h_T come back
+in the autocast dtype, c_T in float32; without autocast everything is float32. The gradients come
+back in the inputs' dtypes. Not twice differentiable.
 """
 from __future__ import annotations
 
@@ -30,22 +36,25 @@ class ClippedLstmFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, gates_x, h0, c0, w_hh, w_hr, cell_clip, proj_clip):
         dtypes = [t.dtype for t in (gates_x, h0, c0, w_hh, w_hr)]
+        device = gates_x.device.type
         wide = torch.float64 if torch.float64 in dtypes else torch.float32
-        with torch.autocast(gates_x.device.type, enabled=False):
-            gates_x, h0, c0, w_hh, w_hr = (t.to(wide) for t in (gates_x, h0, c0, w_hh, w_hr))
-            saved = _forward(gates_x, h0, c0, w_hh, w_hr, cell_clip, proj_clip)
-        acts, cs, tcs, ms, hs, c_mask, h_mask = saved
-        ctx.save_for_backward(acts, cs, tcs, ms, hs, w_hh, w_hr, c_mask, h_mask)
+        low = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) and wide == torch.float32 \
+            else wide
+        with torch.autocast(device, enabled=False):
+            saved = _forward(gates_x.to(wide), h0, c0.to(wide), w_hh.to(low), w_hr.to(low), cell_clip, proj_clip)
+        cs, hs = saved[1], saved[4]
+        ctx.save_for_backward(*saved)
         ctx.dtypes = dtypes
         return hs[1:].transpose(0, 1).contiguous(), hs[-1].clone(), cs[-1].clone()
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, d_out, d_h_last, d_c_last):
-        acts, cs, tcs, ms, hs, w_hh, w_hr, c_mask, h_mask = ctx.saved_tensors
+        saved = ctx.saved_tensors
+        acts, hs = saved[0], saved[4]
         with torch.autocast(acts.device.type, enabled=False):
-            grads = _backward(acts, cs, tcs, ms, hs, w_hh, w_hr, c_mask, h_mask,
-                              *(None if g is None else g.to(acts.dtype) for g in (d_out, d_h_last, d_c_last)))
+            grads = _backward(*saved, *(None if g is None else g.to(dt) for g, dt in
+                                        ((d_out, hs.dtype), (d_h_last, hs.dtype), (d_c_last, acts.dtype))))
         grads = [g.to(dt) for g, dt in zip(grads, ctx.dtypes)]
         return (*grads, None, None)
 
@@ -63,19 +72,25 @@ def clipped_lstm(gates_x: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor, w_hh
 
 def _forward(gates_x, h0, c0, w_hh, w_hr, cell_clip, proj_clip):
     """The recurrence, without autograd: activations [T, B, 4H] (i, f, o after sigmoid, g after
-    tanh), cells c[-1..T-1], tanh(c), sigmoid(o)*tanh(c), outputs h[-1..T-1] and clip masks."""
+    tanh), cells c[-1..T-1], tanh(c), sigmoid(o)*tanh(c), outputs h[-1..T-1], the two weights and the
+    clip masks. gates_x and c0 come in the wide dtype, w_hh and w_hr in the matmul one."""
     b, steps, four_h = gates_x.shape
     cells, proj = four_h // 4, w_hr.shape[0]
-    new = gates_x.new_empty
-    acts, cs, tcs, ms, hs = new(steps, b, four_h), new(steps + 1, b, cells), new(steps, b, cells), \
-        new(steps, b, cells), new(steps + 1, b, proj)
+    mixed = w_hh.dtype != gates_x.dtype
+    wide, low = gates_x.new_empty, w_hh.new_empty
+    acts, cs, tcs, ms, hs = wide(steps, b, four_h), wide(steps + 1, b, cells), wide(steps, b, cells), \
+        low(steps, b, cells), low(steps + 1, b, proj)
+    rec = low(b, four_h) if mixed else None
     mask = torch.empty
     c_mask = mask(steps, b, cells, dtype=torch.bool, device=gates_x.device) if cell_clip is not None else None
     h_mask = mask(steps, b, proj, dtype=torch.bool, device=gates_x.device) if proj_clip is not None else None
     cs[0], hs[0] = c0, h0
     w_hh_t, w_hr_t, h2, h3 = w_hh.t(), w_hr.t(), 2 * cells, 3 * cells
     for t in range(steps):
-        a = torch.addmm(gates_x[:, t], hs[t], w_hh_t, out=acts[t])
+        if mixed:  # the product in the matmul dtype, added to the input gates in the wide one
+            a = torch.add(gates_x[:, t], torch.mm(hs[t], w_hh_t, out=rec), out=acts[t])
+        else:
+            a = torch.addmm(gates_x[:, t], hs[t], w_hh_t, out=acts[t])
         a[:, :h2].sigmoid_()
         a[:, h2:h3].tanh_()
         a[:, h3:].sigmoid_()
@@ -88,18 +103,21 @@ def _forward(gates_x, h0, c0, w_hh, w_hr, cell_clip, proj_clip):
         if h_mask is not None:
             torch.le(h.abs(), proj_clip, out=h_mask[t])
             h.clamp_(-proj_clip, proj_clip)
-    return acts, cs, tcs, ms, hs, c_mask, h_mask
+    return acts, cs, tcs, ms, hs, w_hh, w_hr, c_mask, h_mask
 
 
 def _backward(acts, cs, tcs, ms, hs, w_hh, w_hr, c_mask, h_mask, d_out, d_h_last, d_c_last):
-    """Backpropagation through time: gradients for (gates_x, h0, c0, w_hh, w_hr)."""
+    """Backpropagation through time: gradients for (gates_x, h0, c0, w_hh, w_hr). The elementwise
+    chain runs in acts' (wide) dtype; what feeds a matrix product is kept in hs' (matmul) dtype."""
     steps, b, four_h = acts.shape
     cells, h2, h3 = four_h // 4, four_h // 2, 3 * four_h // 4
-    d_gates, d_h_pre = torch.empty_like(acts), torch.empty_like(hs[1:])
+    mixed = hs.dtype != acts.dtype
+    d_gates, d_h_pre = torch.empty_like(acts, dtype=hs.dtype), torch.empty_like(hs[1:])
+    scratch = torch.empty_like(acts[0]) if mixed else None
     dh = torch.zeros_like(hs[0]) if d_h_last is None else d_h_last.clone()
     dc = torch.zeros_like(cs[0]) if d_c_last is None else d_c_last.clone()
     for t in range(steps - 1, -1, -1):
-        a, dg = acts[t], d_gates[t]
+        a, dg = acts[t], scratch if mixed else d_gates[t]
         i, f, g, o = a[:, :cells], a[:, cells:h2], a[:, h2:h3], a[:, h3:]
         dhp = d_h_pre[t].copy_(dh) if d_out is None else torch.add(dh, d_out[:, t], out=d_h_pre[t])
         if h_mask is not None:
@@ -115,7 +133,9 @@ def _backward(acts, cs, tcs, ms, hs, w_hh, w_hr, c_mask, h_mask, d_out, d_h_last
         torch.mul(dc, cs[t], out=dg[:, cells:h2]).mul_(f * (1 - f))
         torch.mul(dc, i, out=dg[:, h2:h3]).mul_(1 - g * g)
         dc = dc * f
-        dh = dg @ w_hh
+        if mixed:
+            d_gates[t].copy_(dg)
+        dh = d_gates[t] @ w_hh
     flat = steps * b
     d_w_hh = d_gates.reshape(flat, four_h).t() @ hs[:-1].reshape(flat, -1)
     d_w_hr = d_h_pre.reshape(flat, -1).t() @ ms.reshape(flat, cells)

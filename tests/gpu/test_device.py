@@ -51,10 +51,12 @@ def _loss_and_grad(model, batch, device: str, dtype=None):
     return loss.item(), torch.cat([p.grad.float().flatten() for p in model.parameters() if p.grad is not None])
 
 
+@pytest.mark.parametrize("clips", [[], ["model.cell_clip=3", "model.proj_clip=3"]], ids=["lstm", "clipped"])
 @pytest.mark.parametrize("dtype,rel", [pytest.param(torch.bfloat16, 0.02, id="bf16"),
                                        pytest.param(torch.float16, 0.01, id="fp16", marks=CUDA_ONLY)])
-def test_autocast_matches_fp32(grammar_corpus, dtype, rel):
-    model, batch = _model_and_batch(grammar_corpus)
+def test_autocast_matches_fp32(grammar_corpus, dtype, rel, clips):
+    """nn.LSTM (cuDNN on CUDA) and the clipped cell, whose recurrent products run in bf16/fp16 too."""
+    model, batch = _model_and_batch(grammar_corpus, *clips)
     model = model.to(DEVICE)
     ref_loss, ref_grad = _loss_and_grad(model, batch, DEVICE)
     loss, grad = _loss_and_grad(model, batch, DEVICE, dtype)
