@@ -10,8 +10,9 @@ results come out before a lent machine's command limit. In this order:
    cell), the clipped cell and the sampled softmax on the device against the CPU, fp16 skipped
    steps, a stop + resume.
 2. `bench_pretrain`: `original` bf16 at the largest of 2048, 1024, 512 rows that runs (profiled:
-   where its step's time goes), then small fp32 and bf16, medium bf16 (tokens/s, MFU against the
-   matrix-multiply rate measured on the device, peak memory).
+   where its step's time goes), the same with the clipped cell's PyTorch ops instead of its Triton
+   kernels, then small fp32 and bf16, medium bf16 (tokens/s, MFU against the matrix-multiply rate
+   measured on the device, peak memory).
 3. `elmo-dist pretrain` in bf16 through the CLI (stopped, resumed, evaluated), and the same with
    DeepSpeed ZeRO-2 on one process.
 
@@ -36,11 +37,17 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 PY = sys.executable
 
-# (name, flavour, precision, batch sizes to try, largest first; the first that runs is kept). The
-# first row is the headline (issue 16: `original` bf16 at >= 400k tokens/s) and is profiled.
-BENCH_CUDA = [("original bf16", "original", "bf16", [2048, 1024, 512]), ("small fp32", "small", "fp32", [128]),
-              ("small bf16", "small", "bf16", [128]), ("medium bf16", "medium", "bf16", [256])]
-BENCH_CPU = [("debug bf16", "debug", "bf16", [8]), ("debug fp32", "debug", "fp32", [8])]
+# (name, flavour, precision, batch sizes to try, largest first (the first that runs is kept; None:
+# the headline's), run-config overrides). The first row is the headline (issue 16: `original` bf16
+# at >= 400k tokens/s) and is profiled; the second times the same with the clipped cell's PyTorch ops.
+BENCH_CUDA = [("original bf16", "original", "bf16", [2048, 1024, 512], []),
+              ("original bf16, torch cell", "original", "bf16", None, ["model.clipped_cell=torch"]),
+              ("small fp32", "small", "fp32", [128], []), ("small bf16", "small", "bf16", [128], []),
+              ("medium bf16", "medium", "bf16", [256], [])]
+CLIPPED = ["model.cell_clip=3", "model.proj_clip=3"]
+BENCH_CPU = [("debug bf16, clipped", "debug", "bf16", [8], CLIPPED),
+             ("debug bf16, clipped, torch cell", "debug", "bf16", None, [*CLIPPED, "model.clipped_cell=torch"]),
+             ("debug fp32", "debug", "fp32", [8], [])]
 BENCH_CPU_SIZES = ["--unroll", "5", "--corpus-tokens", "20000", "--vocab", "2000", "--steps", "1", "--warmup", "1",
                    "--gemm-seconds", "0.1"]
 TINY = ["model.lstm_dim=64", "model.projection_dim=32", "model.filters=[[1,8],[2,8],[3,16]]",
@@ -93,17 +100,18 @@ def correctness(check: Check) -> dict:
 
 
 def throughput(check: Check) -> dict:
-    cuda, res = check.device == "cuda", {}
-    for i, (name, flavour, precision, batches) in enumerate(BENCH_CUDA if cuda else BENCH_CPU):
-        for batch in batches:
-            tag = f"bench_{flavour}_{precision}_{batch}"
+    cuda, res, headline = check.device == "cuda", {}, None
+    for i, (name, flavour, precision, batches, overrides) in enumerate(BENCH_CUDA if cuda else BENCH_CPU):
+        for batch in batches or [headline]:
+            tag = f"bench{i}_{flavour}_{precision}_{batch}"
             path, t0 = check.logs / f"{tag}.json", time.time()
-            extra = ([] if cuda else BENCH_CPU_SIZES) + (["--profile", str(check.logs / f"{tag}.profile.txt")]
-                                                         if i == 0 else [])
-            if check.run([PY, "-m", "benchmarks.bench_pretrain", "--flavour", flavour, "--precision", precision,
-                          "--device", check.device, "--batch-size", str(batch), "--out", str(path), *extra],
-                         tag, 180):
+            extra = ([] if cuda else BENCH_CPU_SIZES) + (["--set", *overrides] if overrides else []) + \
+                (["--profile", str(check.logs / f"{tag}.profile.txt")] if i == 0 else [])
+            if batch and check.run([PY, "-m", "benchmarks.bench_pretrain", "--flavour", flavour, "--precision",
+                                    precision, "--device", check.device, "--batch-size", str(batch), "--out",
+                                    str(path), *extra], tag, 180):
                 res[name] = {**json.loads(path.read_text()), "batch": batch, "seconds": round(time.time() - t0, 1)}
+                headline = headline or batch
                 break
             path.unlink(missing_ok=True)  # most likely out of memory: try the next batch size
         else:

@@ -9,8 +9,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parent.parent
+
+# Without CUDA, Triton kernels (the clipped cell's) run under Triton's interpreter. Triton reads the
+# setting when it is first imported, which no test has done yet when this file loads; subprocesses
+# inherit it. With CUDA it stays unset, and tests/gpu/ runs the kernels compiled.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 # The slowest test files, slowest first (serial wall time). `make test` runs each file whole on one of
 # two workers (pytest -n 2 --dist loadfile --no-loadscope-reorder), handing out files in collection

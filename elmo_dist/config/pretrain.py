@@ -8,6 +8,7 @@ its key too. `save_config` writes the resolved config that every run and checkpo
 """
 from __future__ import annotations
 
+import importlib.util
 import signal
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,6 +50,10 @@ class ModelConfig:
     """Clip LSTM cell values to +-cell_clip (ELMo uses 3). Set -> exact clipped cell, slower."""
     proj_clip: Optional[float] = None
     """Clip LSTM projections to +-proj_clip (ELMo uses 3). Set -> exact clipped cell, slower."""
+    clipped_cell: str = "auto"
+    """How the clipped cell does each time step's gate arithmetic (with a clip set): triton (one fused
+    kernel forward and one backward; CUDA, needs the triton package), torch (PyTorch ops), or auto
+    (triton on CUDA when triton is installed, else torch). Same results within float rounding."""
     residual: bool = True
     """Residual connection around every LSTM layer after the first, as in ELMo."""
     dropout: float = 0.1
@@ -244,6 +249,15 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
 _require = configlib.require
 
 
+def _validate_clipped_cell(kernel: str, device: str) -> None:
+    _require(kernel in ("auto", "triton", "torch"), "model.clipped_cell",
+             f"must be auto, triton or torch, got '{kernel}'")
+    if kernel == "triton":
+        _require(device != "cpu", "model.clipped_cell", "is triton, which needs CUDA, but train.device is cpu")
+        _require(importlib.util.find_spec("triton") is not None, "model.clipped_cell",
+                 "is triton, which needs the triton package (pip install triton)")
+
+
 def validate(cfg: Config) -> None:
     """Semantic checks that types alone can't express; each names its key."""
     m, d, o, t = cfg.model, cfg.data, cfg.optim, cfg.train
@@ -259,6 +273,7 @@ def validate(cfg: Config) -> None:
     for key in ("cell_clip", "proj_clip"):
         v = getattr(m, key)
         _require(v is None or v > 0, f"model.{key}", f"must be positive or null, got {v}")
+    _validate_clipped_cell(m.clipped_cell, t.device)
     _require(all(isinstance(f, list) and len(f) == 2 and min(f) > 0 for f in m.filters), "model.filters",
              "must be a list of [width, count] pairs of positive integers")
     for key in ("batch_size", "unroll_steps", "eval_batch_size"):

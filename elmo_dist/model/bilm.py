@@ -34,7 +34,7 @@ class BiLM(nn.Module):
         dim = cfg.projection_dim
         self.token_encoder = build_token_encoder(cfg, vocab_size)
         stack = dict(dim=dim, cells=cfg.lstm_dim, n_layers=cfg.n_layers, cell_clip=cfg.cell_clip,
-                     proj_clip=cfg.proj_clip, residual=cfg.residual, dropout=cfg.dropout)
+                     proj_clip=cfg.proj_clip, residual=cfg.residual, dropout=cfg.dropout, kernel=cfg.clipped_cell)
         self.forward_lstm = LstmStack(**stack)
         self.backward_lstm = LstmStack(**stack)
         self.output_dropout = nn.Dropout(cfg.dropout)

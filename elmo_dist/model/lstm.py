@@ -2,9 +2,10 @@
 
 `ProjectedLstm` keeps its weights in an `nn.LSTM(proj_size=...)` and runs that fast path (cuDNN
 on CUDA) when no clipping is asked for. With `cell_clip` or `proj_clip` set it runs the exact
-clipped cell of bilm-tf (`clipped_cell.clipped_lstm`, with a hand-written backward pass) on the
-*same* parameters, so the two paths are interchangeable and can be checked against each other;
-`reference_forward` is the same clipped cell step by step in autograd ops, its reference.
+clipped cell of bilm-tf (`clipped_cell.clipped_lstm`, with a hand-written backward pass and, on
+CUDA, Triton kernels for each step's gate arithmetic; `kernel` picks) on the *same* parameters,
+so the two paths are interchangeable and can be checked against each other; `reference_forward`
+is the same clipped cell step by step in autograd ops, its reference.
 """
 from __future__ import annotations
 
@@ -22,10 +23,11 @@ State = tuple[torch.Tensor, torch.Tensor]  # (h [1, B, proj], c [1, B, cells])
 
 
 class ProjectedLstm(nn.Module):
-    def __init__(self, input_dim: int, cells: int, proj: int, cell_clip: float | None, proj_clip: float | None):
+    def __init__(self, input_dim: int, cells: int, proj: int, cell_clip: float | None, proj_clip: float | None,
+                 kernel: str = "auto"):
         super().__init__()
         self.lstm = nn.LSTM(input_dim, cells, batch_first=True, proj_size=proj)
-        self.cell_clip, self.proj_clip = cell_clip, proj_clip
+        self.cell_clip, self.proj_clip, self.kernel = cell_clip, proj_clip, kernel
 
     @property
     def clipped(self) -> bool:
@@ -37,7 +39,8 @@ class ProjectedLstm(nn.Module):
             return self.lstm(x, state)
         lstm = self.lstm
         gates_x, h, c = self._start(x, state)
-        out, h, c = clipped_lstm(gates_x, h, c, lstm.weight_hh_l0, lstm.weight_hr_l0, self.cell_clip, self.proj_clip)
+        out, h, c = clipped_lstm(gates_x, h, c, lstm.weight_hh_l0, lstm.weight_hr_l0, self.cell_clip, self.proj_clip,
+                                 self.kernel)
         return out, (h.unsqueeze(0), c.unsqueeze(0))
 
     def _start(self, x: torch.Tensor, state: State | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -70,9 +73,11 @@ class ProjectedLstm(nn.Module):
 class LstmStack(nn.Module):
     """One direction: n projected LSTM layers, dropout on each layer's input, residual after layer 1."""
 
-    def __init__(self, dim: int, cells: int, n_layers: int, cell_clip, proj_clip, residual: bool, dropout: float):
+    def __init__(self, dim: int, cells: int, n_layers: int, cell_clip, proj_clip, residual: bool, dropout: float,
+                 kernel: str = "auto"):
         super().__init__()
-        self.layers = nn.ModuleList(ProjectedLstm(dim, cells, dim, cell_clip, proj_clip) for _ in range(n_layers))
+        self.layers = nn.ModuleList(ProjectedLstm(dim, cells, dim, cell_clip, proj_clip, kernel)
+                                    for _ in range(n_layers))
         self.residual = residual
         self.dropout = nn.Dropout(dropout)
 

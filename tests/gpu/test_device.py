@@ -90,9 +90,13 @@ def test_sampled_softmax_on_the_device_equals_the_cpu():
     assert (ids < 500).float().mean() > 0.5
 
 
-def test_clipped_cell_on_the_device_equals_the_cpu_reference():
+@pytest.mark.parametrize("kernel", ["triton", "torch"])
+def test_clipped_cell_on_the_device_equals_the_cpu_reference(kernel):
+    """The Triton kernels (compiled on CUDA; interpreted on the CPU) and the PyTorch ops."""
+    if kernel == "triton":
+        pytest.importorskip("triton")
     torch.manual_seed(0)
-    cell = ProjectedLstm(16, 64, 8, 0.5, 0.3)
+    cell = ProjectedLstm(16, 64, 8, 0.5, 0.3, kernel=kernel)
     with torch.no_grad():  # so that both clips are reached
         cell.lstm.bias_ih_l0.add_(1.5)
         cell.lstm.weight_hr_l0.mul_(6)

@@ -78,12 +78,13 @@ def test_gpu_check_runs_on_the_cpu(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["gpu_check.json", "logs.tar.gz"]
     res = json.loads((tmp_path / "gpu_check.json").read_text())
-    assert res["passed"] and res["complete"] and res["tests"]["passed"] and "6 passed" in res["tests"]["summary"]
+    assert res["passed"] and res["complete"] and res["tests"]["passed"] and "7 passed" in res["tests"]["summary"]
     assert set(res["pretraining"]) == {"bf16", "zero2_bf16"} and all(r["val_ppl"] for r in res["pretraining"].values())
     assert all(r["tokens_per_s"] > 0 and r["mfu"] > 0 for r in res["throughput"].values())
-    headline = res["throughput"]["debug bf16"]["profile"]  # where the headline row's time goes
+    assert [r["batch"] for r in res["throughput"].values()] == [8, 8, 8]
+    headline = res["throughput"]["debug bf16, clipped"]["profile"]  # where the headline row's time goes
     assert 0 < headline["busy_ms_per_step"] and headline["top"][0]["ms_per_step"] > 0
     with tarfile.open(tmp_path / "logs.tar.gz") as tar:
         names = tar.getnames()
-    assert {"logs/tests.log", "logs/prepare.log", "logs/bench_debug_bf16_8.profile.txt"} <= set(names)
+    assert {"logs/tests.log", "logs/prepare.log", "logs/bench0_debug_bf16_8.profile.txt"} <= set(names)
     assert proc.stdout.strip().splitlines()[-1].startswith("gpu_check: passed")
