@@ -50,7 +50,9 @@ class ClippedLstmFunction(torch.autograd.Function):
             else wide
         fused = _use_triton(kernel, gates_x.device, wide)
         with torch.autocast(device, enabled=False):
-            saved = _forward(gates_x.to(wide).contiguous(), h0, c0.to(wide), w_hh.to(low), w_hr.to(low),
+            # the Triton kernel reads bf16 input gates as they are, widening them in registers
+            gates_x = gates_x.contiguous() if fused else gates_x.to(wide)
+            saved = _forward(gates_x, h0, c0.to(wide), w_hh.to(low), w_hr.to(low),
                              cell_clip, proj_clip, fused)
         cs, hs = saved[1], saved[4]
         ctx.save_for_backward(*saved)
@@ -104,12 +106,12 @@ def _use_triton(kernel: str, device: torch.device, wide: torch.dtype) -> bool:
 def _forward(gates_x, h0, c0, w_hh, w_hr, cell_clip, proj_clip, fused):
     """The recurrence, without autograd: activations [T, B, 4H] (i, f, o after sigmoid, g after
     tanh), cells c[-1..T-1], tanh(c), sigmoid(o)*tanh(c), outputs h[-1..T-1], the two weights and the
-    clip masks. gates_x and c0 come in the wide dtype, w_hh and w_hr in the matmul one. `fused`: the
-    gate arithmetic as one Triton kernel per step."""
+    clip masks. c0 comes in the wide dtype, w_hh and w_hr in the matmul one, and gates_x in the wide
+    one unless `fused` (the gate arithmetic as one Triton kernel per step, which widens it itself)."""
     b, steps, four_h = gates_x.shape
     cells, proj = four_h // 4, w_hr.shape[0]
-    mixed = w_hh.dtype != gates_x.dtype
-    wide, low = gates_x.new_empty, w_hh.new_empty
+    mixed = w_hh.dtype != c0.dtype
+    wide, low = c0.new_empty, w_hh.new_empty
     acts, cs, tcs, ms, hs = wide(steps, b, four_h), wide(steps + 1, b, cells), wide(steps, b, cells), \
         low(steps, b, cells), low(steps + 1, b, proj)
     rec = low(b, four_h) if mixed or fused else None
@@ -160,7 +162,7 @@ def _backward(acts, cs, tcs, ms, hs, w_hh, w_hr, c_mask, h_mask, d_out, d_h_last
     d_gates, d_h_pre = torch.empty_like(acts, dtype=hs.dtype), torch.empty_like(hs[1:])
     scratch = torch.empty_like(acts[0]) if mixed and not fused else None
     dh = torch.zeros_like(hs[0]) if d_h_last is None else d_h_last.clone()
-    dc = torch.zeros_like(cs[0]) if d_c_last is None else d_c_last.clone()
+    dc = torch.zeros_like(cs[0]) if d_c_last is None else d_c_last.clone(memory_format=torch.contiguous_format)
     if fused:
         from elmo_dist.model import clipped_cell_triton as triton_cell
     for t in range(steps - 1, -1, -1):

@@ -29,16 +29,22 @@ def _tanh(x):
 
 
 @triton.jit
+def _gate(gx, rec, ok):
+    """A gate's pre-activation, input part plus recurrent part, widened to float32."""
+    return tl.load(gx, mask=ok).to(tl.float32) + tl.load(rec, mask=ok).to(tl.float32)
+
+
+@triton.jit
 def _forward_kernel(gx, gx_row_stride, rec, c_prev, acts, c_out, tc_out, m_out, mask_out, clip, cells,
                     HAS_CLIP: tl.constexpr, BLOCK: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
     cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     ok = cols < cells
     gx, rec, acts = gx + row * gx_row_stride + cols, rec + row * 4 * cells + cols, acts + row * 4 * cells + cols
-    i = tl.sigmoid(tl.load(gx, mask=ok) + tl.load(rec, mask=ok).to(tl.float32))
-    f = tl.sigmoid(tl.load(gx + cells, mask=ok) + tl.load(rec + cells, mask=ok).to(tl.float32))
-    g = _tanh(tl.load(gx + 2 * cells, mask=ok) + tl.load(rec + 2 * cells, mask=ok).to(tl.float32))
-    o = tl.sigmoid(tl.load(gx + 3 * cells, mask=ok) + tl.load(rec + 3 * cells, mask=ok).to(tl.float32))
+    i = tl.sigmoid(_gate(gx, rec, ok))
+    f = tl.sigmoid(_gate(gx + cells, rec + cells, ok))
+    g = _tanh(_gate(gx + 2 * cells, rec + 2 * cells, ok))
+    o = tl.sigmoid(_gate(gx + 3 * cells, rec + 3 * cells, ok))
     at = row * cells + cols
     c = f * tl.load(c_prev + at, mask=ok) + i * g
     if HAS_CLIP:
@@ -89,8 +95,8 @@ def _grid(rows: int, cells: int) -> tuple[tuple[int, int], int]:
 def forward_step(gx_t: torch.Tensor, rec: torch.Tensor, c_prev: torch.Tensor, acts_t: torch.Tensor,
                  c_out: torch.Tensor, tc_out: torch.Tensor, m_out: torch.Tensor, mask_out: torch.Tensor | None,
                  cell_clip: float | None) -> None:
-    """One forward step, written into the given buffers: gx_t [B, 4H] float32 (rows may be strided,
-    columns contiguous: gates_x[:, t]), rec [B, 4H], c_prev [B, H] float32 -> acts_t [B, 4H] (i, f, o
+    """One forward step, written into the given buffers: gx_t [B, 4H] float32 or bf16/fp16 (rows may
+    be strided, columns contiguous: gates_x[:, t]), rec [B, 4H], c_prev [B, H] float32 -> acts_t [B, 4H] (i, f, o
     after sigmoid, g after tanh), c_out, tc_out [B, H] float32, m_out [B, H] (rec's dtype or
     float32), mask_out [B, H] bool (|c| <= clip before clipping; None without a cell clip)."""
     rows, cells = c_prev.shape

@@ -33,7 +33,10 @@ def inputs(seed=0):
 
 def run(kernel, clips, autocast=None):
     """Outputs, final state and the gradient of every input, under a loss touching all three."""
-    tensors = [t.requires_grad_(True) for t in inputs()]
+    gates_x, *rest = inputs()
+    if autocast:  # as the model gives them: from a linear layer under autocast
+        gates_x = gates_x.to(autocast)
+    tensors = [t.requires_grad_(True) for t in (gates_x, *rest)]
     with torch.autocast("cpu", dtype=autocast or torch.float32, enabled=autocast is not None):
         out, h, c = clipped_lstm(*tensors, *clips, kernel=kernel)
     g = torch.Generator().manual_seed(5)
@@ -88,3 +91,15 @@ def test_config_refuses_triton_on_the_cpu():
         load_config(None, ["model.cell_clip=3", "model.clipped_cell=triton", "train.device=cpu"])
     with pytest.raises(ConfigError, match="model.clipped_cell"):
         load_config(None, ["model.clipped_cell=fused"])
+
+
+def test_triton_kernels_take_broadcast_gradients(interpreted):
+    """`c_T.sum()` hands the backward an expanded gradient (stride 0), which the kernel reads as rows."""
+    grads = {}
+    for kernel in ("torch", "triton"):
+        tensors = [t.requires_grad_(True) for t in inputs()]
+        out, h, c = clipped_lstm(*tensors, 0.5, 0.3, kernel=kernel)
+        (out.sum() + h.sum() + c.sum()).backward()
+        grads[kernel] = [t.grad for t in tensors]
+    for a, b in zip(grads["torch"], grads["triton"]):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-4 * float(a.abs().max()))
