@@ -84,6 +84,11 @@ class Check:
             self.failed.append(log)
         return ok
 
+    def record(self, part: str, result: dict) -> None:
+        """Keep a part's results (so far) and save."""
+        self.res[part] = result
+        self.save()
+
     def save(self) -> None:
         """gpu_check.json and logs.tar.gz under $OUT, as they stand now."""
         (self.out / "gpu_check.json").write_text(json.dumps(self.res, indent=2))
@@ -91,15 +96,15 @@ class Check:
             tar.add(self.logs, arcname="logs")
 
 
-def correctness(check: Check) -> dict:
+def correctness(check: Check) -> None:
     t0 = time.time()
     ok = check.run([PY, "-m", "pytest", "tests/gpu", "-q", "-m", "gpu", "-p", "no:cacheprovider", "-rs",
                     f"--junitxml={check.logs / 'tests.xml'}"], "tests", 200, {"ELMO_DIST_CHECK_DEVICE": check.device})
     last = (check.logs / "tests.log").read_text().strip().splitlines()[-1:]
-    return {"passed": ok, "seconds": round(time.time() - t0, 1), "summary": last[0] if last else ""}
+    check.record("tests", {"passed": ok, "seconds": round(time.time() - t0, 1), "summary": last[0] if last else ""})
 
 
-def throughput(check: Check) -> dict:
+def throughput(check: Check) -> None:
     cuda, res, headline = check.device == "cuda", {}, None
     for i, (name, flavour, precision, batches, overrides) in enumerate(BENCH_CUDA if cuda else BENCH_CPU):
         for batch in batches or [headline]:
@@ -116,12 +121,10 @@ def throughput(check: Check) -> dict:
             path.unlink(missing_ok=True)  # most likely out of memory: try the next batch size
         else:
             res[name] = {"batch": None, "failed": True}
-        check.res["throughput"] = res
-        check.save()
-    return res
+        check.record("throughput", res)
 
 
-def pretraining(check: Check, work: Path) -> dict:
+def pretraining(check: Check, work: Path) -> None:
     """prepare -> pretrain (stopped halfway) -> resume -> evaluate, in bf16; then ZeRO-2 bf16."""
     from benchmarks.common import write_zipf_corpus
 
@@ -142,23 +145,21 @@ def pretraining(check: Check, work: Path) -> dict:
         ppl = json.loads(summary.read_text())["val_ppl"] if steps_ok and summary.exists() else None
         res[name] = {"passed": bool(steps_ok and ppl and ppl < 1e6), "val_ppl": ppl,
                      "seconds": round(time.time() - t0, 1)}
-        check.res["pretraining"] = res
-        check.save()
-    return res
+        check.record("pretraining", res)
 
 
 def table(res: dict) -> str:
-    tests = res.get("tests", {})
+    tests = res["tests"]
     rows = [("device", res["device"]),
-            ("correctness tests", f"{'pass' if tests.get('passed') else 'FAIL'} ({tests.get('summary', 'not run')})")]
-    for name, r in res.get("throughput", {}).items():
+            ("correctness tests", f"{'pass' if tests['passed'] else 'FAIL'} ({tests['summary']})")]
+    for name, r in res["throughput"].items():
         prof = r.get("profile", {})
         rows.append((f"bench {name}", "FAIL" if r.get("failed") else
                      f"batch {r['batch']}: {r['tokens_per_s']:,.0f} tokens/s, MFU {r['mfu'] or 0:.1%}, "
                      f"peak {r['peak_memory_mib']:,.0f} MiB"
                      + (f", busy {prof['busy_ms_per_step']:.0f} of {prof['wall_ms_per_step']:.0f} ms/step"
                         if "busy_ms_per_step" in prof else "")))
-    for name, r in res.get("pretraining", {}).items():
+    for name, r in res["pretraining"].items():
         rows.append((f"pretrain {name}", f"{'pass' if r['passed'] else 'FAIL'} (val_ppl {r['val_ppl']})"))
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
@@ -187,8 +188,7 @@ def main(argv=None) -> int:
             import torch
 
             check.res["device"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cuda (unavailable)"
-        check.res["tests"] = correctness(check)
-        check.save()
+        correctness(check)
         throughput(check)
         (Path(work) / "pretrain").mkdir()
         pretraining(check, Path(work) / "pretrain")
