@@ -93,13 +93,16 @@ def test_config_refuses_triton_on_the_cpu():
         load_config(None, ["model.clipped_cell=fused"])
 
 
-def test_triton_kernels_take_broadcast_gradients(interpreted):
-    """`c_T.sum()` hands the backward an expanded gradient (stride 0), which the kernel reads as rows."""
-    grads = {}
+@pytest.mark.parametrize("c_loss", ["sum", "transposed"])
+def test_triton_kernels_take_strided_gradients(interpreted, c_loss):
+    """The kernel reads c_T's gradient as dense rows, whatever strides autograd hands it: `c_T.sum()`
+    gives an expanded one (stride 0), a loss on `c_T.t()` a transposed one."""
+    grads, weight = {}, torch.randn(CELLS, B, generator=torch.Generator().manual_seed(3))
     for kernel in ("torch", "triton"):
         tensors = [t.requires_grad_(True) for t in inputs()]
         out, h, c = clipped_lstm(*tensors, 0.5, 0.3, kernel=kernel)
-        (out.sum() + h.sum() + c.sum()).backward()
+        c_term = c.sum() if c_loss == "sum" else (c.t() * weight).sum()
+        (out.sum() + h.sum() + c_term).backward()
         grads[kernel] = [t.grad for t in tensors]
     for a, b in zip(grads["torch"], grads["triton"]):
         torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-4 * float(a.abs().max()))
