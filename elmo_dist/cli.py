@@ -16,6 +16,7 @@ A mistake a user can fix (a missing file, a bad key, a broken checkpoint) prints
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import sys
 from pathlib import Path
@@ -160,6 +161,8 @@ def cmd_prepare(args) -> int:
           f"{m['lines_with_bad_utf8']:,} lines had bad UTF-8 (replaced); "
           f"{m['train_tokens_over_48_bytes']:,} training tokens truncated to 48 bytes for char ids")
     print(f"throughput: {m['tokens_per_s']:,.0f} tokens/s ({m['seconds']:.1f} s) -> {args.out}")
+    for warning in m["warnings"]:  # not fatal: the output is complete, and the manifest keeps them
+        print(f"elmo-dist: warning: {warning}", file=sys.stderr)
     summary = {"tokens": tr["words"] + ho["words"], "tokens_per_s": m["tokens_per_s"], "seconds": m["seconds"],
                "vocab_size": m["vocab_size"], "out": args.out}
     (Path(args.out) / "summary.json").write_text(json.dumps(summary, indent=2))
@@ -189,6 +192,11 @@ def cmd_pretrain(args) -> int:
     status = StopRequest.exit_status(reason)
     if not is_main:  # rank 0 reports
         return status
+    if summary.get("already_finished"):
+        print(f"{cfg.train.run_dir}: already finished at step {summary['steps']} (train.max_steps="
+              f"{cfg.train.max_steps}); nothing to do, nothing changed. Raise train.max_steps to train further.")
+        _print_ppl(summary)
+        return 0
     if reason is not None:
         why = (f"exit status 0, not {StopReason(reason).exit_status}: under torchrun any other status counts as "
                "a failure and, with --max-restarts, restarts the run" if under_elastic_agent()
@@ -197,7 +205,8 @@ def cmd_pretrain(args) -> int:
               f"Run the same command again to resume ({why}).", file=sys.stderr)
         return status
     _print_ppl(summary)
-    print(f"steps {summary['steps']}, {summary['tokens_per_s']:,.0f} tokens/s; run directory {cfg.train.run_dir} "
+    speed = f"{summary['tokens_per_s']:,.0f} tokens/s" if summary["tokens_per_s"] is not None else "no steps to run"
+    print(f"steps {summary['steps']}, {speed}; run directory {cfg.train.run_dir} "
           f"(tensorboard --logdir {cfg.train.run_dir})")
     return 0
 
@@ -206,6 +215,8 @@ def cmd_evaluate(args) -> int:
     from elmo_dist.train.evaluate import evaluate_checkpoint
 
     summary = evaluate_checkpoint(args.checkpoint, args.overrides, args.out)
+    for warning in summary["warnings"]:
+        print(f"elmo-dist: warning: {warning}", file=sys.stderr)
     _print_ppl(summary)
     print(f"summary: {summary['summary_path']}")
     return 0
@@ -289,6 +300,10 @@ COMMANDS = {"prepare": cmd_prepare, "pretrain": cmd_pretrain, "evaluate": cmd_ev
             "import-elmo": cmd_import_elmo, "export-elmo": cmd_export_elmo}
 
 
+_FILE_SYSTEM_FAULTS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOENT, errno.EISDIR,
+                       errno.ENOTDIR, errno.EIO)
+
+
 def _slurm_flags(argv: list[str]) -> list[str]:
     """After `submit`, '--slurm.partition=gpu' is the config override 'slurm.partition=gpu'."""
     if "submit" not in argv:
@@ -317,6 +332,13 @@ def main(argv: list[str] | None = None) -> int:
         if args.debug:
             raise
         print(f"elmo-dist: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        # a fault of the machine, not of the code: a full disk, a read-only or vanished path that
+        # no earlier check caught (commands check their outputs before the work)
+        if args.debug or e.errno not in _FILE_SYSTEM_FAULTS:
+            raise
+        print(f"elmo-dist: error: {e.filename or ''}{': ' if e.filename else ''}{e.strerror}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("elmo-dist: interrupted", file=sys.stderr)

@@ -113,13 +113,18 @@ def parse_overrides(overrides: list[str], root: type) -> dict:
     return _drop_empty(tree)
 
 
-def read_yaml(path: str | Path, root: type) -> dict:
+def read_yaml(path: str | Path, root: type, text: str | None = None) -> dict:
+    """The config tree of the YAML file at `path`, keys checked; `text`, if given, is the file's
+    content already read (a checkpoint's config, read while the checkpoint was pinned) and `path`
+    only names it in errors."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: config file not found")
+    if text is None:
+        if not path.is_file():
+            raise ConfigError(f"{path}: config file not found")
+        text = path.read_text(encoding="utf-8")
     try:
-        tree = OmegaConf.to_container(OmegaConf.load(path))
-        _restore_words(yaml.compose(path.read_text(encoding="utf-8"), Loader=yaml.SafeLoader), tree)
+        tree = OmegaConf.to_container(OmegaConf.create(text))
+        _restore_words(yaml.compose(text, Loader=yaml.SafeLoader), tree)
     except Exception as e:  # yaml.YAMLError and OmegaConf errors alike
         detail = " ".join(part.strip() for part in str(e).splitlines() if part.strip())
         raise ConfigError(f"{path}: not valid YAML: {detail}") from None

@@ -22,6 +22,7 @@ from elmo_dist.data.char_ids import BOS_TOKEN, EOS_TOKEN, char_id_table
 from elmo_dist.data.tokenize import build_tokenizer
 from elmo_dist.data.vocab import Vocabulary
 from elmo_dist.errors import DataError
+from elmo_dist.files import HDF5_BYTES_PER_DATASET, atomic_hdf5, check_new_file, refuse_overwrite
 from elmo_dist.runs import open_run, resolve_device
 
 
@@ -44,19 +45,26 @@ class Embedder:
                                   "lowercase": opts.get("lowercase", False)}
         self.tokenize = build_tokenizer(self.tokenizer_options["tokenizer"], self.tokenizer_options["lowercase"])
         self.home: Path | None = None  # the run or export directory it came from, if any
+        self.saved_from: list[Path] = []  # that directory's files (outputs must never overwrite them)
         self.n_layers = cfg.model.n_layers + 1
         self.dim = 2 * cfg.model.projection_dim
 
     @classmethod
-    def from_run(cls, path: str | Path, device: str = "auto", sentence_boundaries: bool = True) -> "Embedder":
-        """A run directory (its newest checkpoint), a checkpoint, an export or an import (elmo_dist.runs)."""
+    def from_run(cls, path: str | Path, device: str = "auto", sentence_boundaries: bool = True,
+                 device_option: str = "config key 'train.device'") -> "Embedder":
+        """A run directory (its newest checkpoint), a checkpoint, an export or an import (elmo_dist.runs).
+        `device_option` names the setting `device` came from, for the error when it can't be had."""
+        device = resolve_device(device, device_option)
         saved = open_run(path)
         vocab = saved.vocab()
-        device = resolve_device(device)
         elmo = cls(saved.build_model(device, len(vocab)), vocab, saved.config, device, saved.corpus_options(),
                    sentence_boundaries)
-        elmo.home = saved.home
+        elmo.home, elmo.saved_from = saved.home, saved.source_files()
         return elmo
+
+    def source_files(self) -> list[Path]:
+        """The files of the run or export this embedder was read from (none if built directly)."""
+        return list(self.saved_from)
 
     def tensors(self, sentences: list[list[str]]) -> dict:
         """The model inputs for a batch of token lists: distinct tokens once, plus an index and lengths."""
@@ -109,33 +117,44 @@ def embed_file(run: str | Path, text_file: str | Path, out_file: str | Path, wei
     Dataset "<line number>" (0-based) holds [L+1, n_tokens, D] (or [n_tokens, D] with `weights`);
     "sentence_to_index" is a JSON string mapping each line to its key. Lines end at "\\n" only (a
     "\\r" before it is dropped), so a form feed or U+2028 inside a line does not shift later keys;
-    empty or whitespace-only lines are skipped and counted, so their keys are missing. A byte-order
-    mark at the start is dropped (and reported as "byte_order_marks_dropped"). The file is written
-    under a temporary name and renamed at the end: a file at `out_file` is always complete.
+    empty or whitespace-only lines are skipped and counted, so their keys are missing. Byte-order
+    marks are dropped (and counted as "byte_order_marks_dropped").
+
+    Before any work: the output's folder must exist and be writable, the output must not be a
+    directory or any file the command reads, and the disk must hold the whole file (float32:
+    4 bytes x layers x dim per token, plus HDF5's own bookkeeping). The file is written under a
+    temporary name and renamed at the end: a file at `out_file` is always complete, and a failure
+    (a disk that fills up anyway) leaves nothing behind.
     """
-    import h5py
     from tqdm import tqdm
 
     from elmo_dist.data.reader import TextLines
 
-    elmo = Embedder.from_run(run, device, sentence_boundaries)
+    out_file = Path(out_file)
+    elmo = Embedder.from_run(run, device, sentence_boundaries, device_option="--device")
+    refuse_overwrite([out_file, out_file.with_name(out_file.name + ".tmp")], [text_file, *elmo.source_files()],
+                     "embed")
+    check_new_file(out_file, "the output file")
     if weights is not None and len(weights) != elmo.n_layers:
         raise DataError(f"--weights: {len(weights)} values given for {elmo.n_layers} layers")
     text = TextLines(text_file)  # keys are line numbers as editors count them, not splitlines()'s
     lines = list(text)
     items = [(i, line, elmo.tokenize(line)) for i, line in enumerate(lines) if line.strip()]
-    tmp = Path(str(out_file) + ".tmp")
-    with h5py.File(tmp, "w") as f:
+    per_token = 4 * elmo.dim * (1 if weights is not None else elmo.n_layers)
+    needed = sum(per_token * len(t) + HDF5_BYTES_PER_DATASET + len(line) + 16 for _, line, t in items)
+    with atomic_hdf5(out_file, needed, "the embeddings") as h5:
+        f = h5.file
         for start in tqdm(range(0, len(items), batch_size), desc="embed", unit="batch", disable=None):
             chunk = items[start : start + batch_size]
             for (i, _, _), arr in zip(chunk, elmo.embed_sentences([t for _, _, t in chunk], batch_size, weights)):
                 f.create_dataset(str(i), data=arr.astype(np.float32))
+            if h5.failed:  # the disk filled up after all: nothing more would land
+                break
         f.create_dataset("sentence_to_index", data=json.dumps({line: str(i) for i, line, _ in items}))
         f.attrs["layers"] = elmo.n_layers
         f.attrs["dim"] = elmo.dim
-    tmp.replace(out_file)
     res = {"sentences": len(items), "skipped_empty": len(lines) - len(items), "layers": elmo.n_layers,
            "dim": elmo.dim, "out": str(out_file)}
-    if text.bom:
-        res["byte_order_marks_dropped"] = 1
+    if text.boms:
+        res["byte_order_marks_dropped"] = text.boms
     return res

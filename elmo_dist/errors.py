@@ -28,3 +28,11 @@ class TrainingDiverged(UserError):
 
 class LaunchError(UserError):
     """The processes of a run could not form their group (one died, never started or can't be reached)."""
+
+
+class OutputError(UserError):
+    """An output path can't be used: it is one of the command's inputs, read-only, missing its folder, a directory."""
+
+
+class DiskFull(UserError):
+    """The file system has no room for what a command must write; the message names the path and the size."""

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import shutil
 import warnings
@@ -38,20 +39,28 @@ from safetensors.torch import load_file, save_file
 from elmo_dist.config import Config, ModelConfig, load_config, save_config
 from elmo_dist.data.vocab import Vocabulary
 from elmo_dist.errors import CheckpointError, ConfigError
+from elmo_dist.files import disk_full, looks_full, remove
 from elmo_dist.model import BiLM, build_bilm
 
 COMPLETE = "COMPLETE"
 EXPORT_META = "export.json"
 WEIGHTS = "model.safetensors"
 STEP_DIR = re.compile(r"^step-(\d+)$")
+# what an export or import directory holds (`write_export`)
+EXPORT_FILES = (WEIGHTS, f".{WEIGHTS}.tmp", "config.yaml", "vocab.txt", "vocab.counts.npy", "corpus.json", EXPORT_META)
+
+
+def _sha256_of(f) -> str:
+    h = hashlib.sha256()
+    f.seek(0)
+    for block in iter(lambda: f.read(1 << 20), b""):
+        h.update(block)
+    return h.hexdigest()
 
 
 def sha256(path: Path) -> str:
-    h = hashlib.sha256()
     with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+        return _sha256_of(f)
 
 
 def checkpoint_dir(run_dir: str | Path) -> Path:
@@ -65,41 +74,119 @@ def list_steps(ckpt_root: Path) -> list[int]:
     return sorted(int(m.group(1)) for p in ckpt_root.iterdir() if (m := STEP_DIR.match(p.name)))
 
 
+class Vanished(Exception):
+    """A checkpoint was removed while being read (another run rotating its checkpoints)."""
+
+
+class Pinned:
+    """Open handles on the files of one checkpoint or export. A running `pretrain` removes old
+    checkpoints as it writes new ones (`checkpoint.keep_last`); a file removed while a reader holds
+    it open stays readable through the handle, so a reader sees the checkpoint it chose whole,
+    however long it takes to read."""
+
+    def __init__(self, path: Path):
+        self.path, self.files = path, {}
+
+    def open(self, name: str):
+        """Pin `name`; FileNotFoundError if it is gone."""
+        if name not in self.files:
+            self.files[name] = open(self.path / name, "rb")
+        return self.files[name]
+
+    def bytes(self, name: str) -> bytes:
+        f = self.open(name)
+        f.seek(0)
+        return f.read()
+
+    def text(self, name: str) -> str:
+        return self.bytes(name).decode("utf-8")
+
+    def fs_path(self, name: str) -> str:
+        """A path that reaches the pinned file even after its removal (Linux's /proc/self/fd),
+        for libraries that open files by name; elsewhere the file's own path."""
+        proc = f"/proc/self/fd/{self.open(name).fileno()}"
+        return proc if os.path.exists(proc) else str(self.path / name)
+
+    def close(self) -> None:
+        for f in self.files.values():
+            f.close()
+        self.files = {}
+
+
+def _pin_checkpoint(path: Path) -> tuple[Pinned, str | None]:
+    """Pin every file of the checkpoint at `path` and check it: (the pins, None if complete and
+    intact, else why not). Vanished if the directory disappears meanwhile."""
+    pinned = Pinned(path)
+    try:
+        sums = json.loads(pinned.text(COMPLETE))["sha256"]
+    except FileNotFoundError:
+        if not path.is_dir():
+            raise Vanished(str(path)) from None
+        return pinned, "no COMPLETE marker (half-written)"
+    except (ValueError, KeyError, UnicodeDecodeError):
+        return pinned, "unreadable COMPLETE marker"
+    for name, digest in sums.items():
+        try:
+            f = pinned.open(name)
+        except FileNotFoundError:
+            if not path.is_dir():
+                raise Vanished(str(path)) from None
+            return pinned, f"{name} is missing"
+        if _sha256_of(f) != digest:
+            return pinned, f"{name} does not match its checksum"
+    return pinned, None
+
+
 def verify(path: Path) -> str | None:
     """None if the checkpoint at `path` is complete and intact, else why not."""
-    marker = path / COMPLETE
-    if not marker.is_file():
-        return "no COMPLETE marker (half-written)"
     try:
-        sums = json.loads(marker.read_text())["sha256"]
-    except (ValueError, KeyError):
-        return "unreadable COMPLETE marker"
-    for name, digest in sums.items():
-        f = path / name
-        if not f.is_file():
-            return f"{name} is missing"
-        if sha256(f) != digest:
-            return f"{name} does not match its checksum"
-    return None
+        pinned, why = _pin_checkpoint(path)
+    except Vanished:
+        return "removed while being read"
+    pinned.close()
+    return why
+
+
+_LOOKS = 5  # how often the newest checkpoint may change under a reader before it gives up
+
+
+def _newest_pinned(run_dir: str | Path, log=None) -> Pinned | None:
+    """The newest intact checkpoint of a run, pinned; None if it has none; CheckpointError if it has
+    checkpoints but none is intact (never a silent fresh start). A checkpoint that disappears while
+    being read, or a listing that changes meanwhile (a running pretrain committed a newer one and
+    rotated older ones away), is looked at again, never called damaged. `log` hears about damaged
+    ones that an older one stands in for."""
+    root = checkpoint_dir(run_dir)
+    for _ in range(_LOOKS):
+        steps, problems = list_steps(root), []
+        for step in reversed(steps):
+            try:
+                pinned, why = _pin_checkpoint(root / f"step-{step}")
+            except Vanished:
+                break
+            if why is None:
+                for problem in problems if log else ():  # said once, only when an older one stands in
+                    log(f"skipping damaged checkpoint {problem}; using step-{step}")
+                return pinned
+            pinned.close()
+            if list_steps(root) != steps:
+                break
+            problems.append(f"step-{step}: {why}")
+        else:
+            if steps:
+                raise CheckpointError(f"{root}: no loadable checkpoint ({'; '.join(problems)})")
+            return None
+    raise CheckpointError(f"{root}: its checkpoints changed {_LOOKS} times while being read (a running pretrain "
+                          "with a small checkpoint.keep_last?); name one checkpoint directory, or retry")
 
 
 def find_latest(run_dir: str | Path, log=None) -> Path | None:
-    """The newest intact checkpoint of a run; None if it has none; CheckpointError if it has
-    checkpoints but none is intact (never a silent fresh start). `log` hears about skipped ones."""
-    root = checkpoint_dir(run_dir)
-    steps = list_steps(root)
-    problems = []
-    for step in reversed(steps):
-        path = root / f"step-{step}"
-        why = verify(path)
-        if why is None:
-            for problem in problems if log else ():  # said once, only when an older one stands in
-                log(f"skipping damaged checkpoint {problem}; using {path.name}")
-            return path
-        problems.append(f"step-{step}: {why}")
-    if steps:
-        raise CheckpointError(f"{root}: no loadable checkpoint ({'; '.join(problems)})")
-    return None
+    """The newest intact checkpoint of a run (see `_newest_pinned`); None if it has none."""
+    pinned = _newest_pinned(run_dir, log)
+    if pinned is None:
+        return None
+    pinned.close()
+    return pinned.path
 
 
 def is_export(path: Path) -> bool:
@@ -107,37 +194,53 @@ def is_export(path: Path) -> bool:
     return (path / EXPORT_META).is_file() and (path / WEIGHTS).is_file()
 
 
-def resolve(path: str | Path) -> Path:
-    """The directory that holds the weights: a run directory's newest checkpoint, a given
+def _pin(path: Path) -> Pinned:
+    """The directory that holds the weights, pinned: a run directory's newest checkpoint, a given
     checkpoint (verified), or an export/import directory itself."""
-    path = Path(path)
     if not path.exists():
         raise CheckpointError(f"{path}: no such run or checkpoint directory")
     if is_export(path):
-        return path
+        pinned = Pinned(path)
+        for name in (EXPORT_META, WEIGHTS, "config.yaml"):
+            try:
+                pinned.open(name)
+            except FileNotFoundError:
+                raise CheckpointError(f"{path / name}: missing") from None
+        return pinned
     if (path / COMPLETE).exists() or STEP_DIR.match(path.name):
-        why = verify(path)
+        try:
+            pinned, why = _pin_checkpoint(path)
+        except Vanished:
+            raise CheckpointError(f"{path}: removed while being read (rotated away by a running pretrain's "
+                                  "checkpoint.keep_last?); name a newer checkpoint or the run directory") from None
         if why:
             raise CheckpointError(f"{path}: not a usable checkpoint ({why})")
-        return path
-    latest = find_latest(path)
-    if latest is None:
+        return pinned
+    pinned = _newest_pinned(path)
+    if pinned is None:
         raise CheckpointError(f"{path}: no checkpoints under {checkpoint_dir(path)}")
-    return latest
+    return pinned
 
 
-def _read_json(path: Path) -> dict:
+def resolve(path: str | Path) -> Path:
+    """The directory that holds the weights (see `open_run`)."""
+    pinned = _pin(Path(path))
+    pinned.close()
+    return pinned.path
+
+
+def _json(pinned: Pinned, name: str) -> dict:
     try:
-        return json.loads(path.read_text())
+        return json.loads(pinned.text(name))
     except FileNotFoundError:
-        raise CheckpointError(f"{path}: missing") from None
+        raise CheckpointError(f"{pinned.path / name}: missing") from None
     except ValueError as e:
-        raise CheckpointError(f"{path}: not valid JSON ({e})") from None
+        raise CheckpointError(f"{pinned.path / name}: not valid JSON ({e})") from None
 
 
 @dataclass
 class SavedRun:
-    """What a resolved run, checkpoint, export or import holds."""
+    """What a resolved run, checkpoint, export or import holds; its files stay pinned (`Pinned`)."""
 
     path: Path
     """The directory with `model.safetensors` and `config.yaml` (a checkpoint, export or import)."""
@@ -149,6 +252,12 @@ class SavedRun:
     step: int
     has_softmax: bool
     """False only for an import made without a softmax (the ELMo format has none)."""
+    pinned: Pinned | None = None
+
+    @property
+    def config_text(self) -> str:
+        """config.yaml as saved beside the weights."""
+        return self.pinned.text("config.yaml") if self.pinned else (self.path / "config.yaml").read_text()
 
     def vocab(self) -> Vocabulary:
         return Vocabulary.load(self.home / "vocab.txt")
@@ -158,16 +267,33 @@ class SavedRun:
         f = self.home / "corpus.json"
         return json.loads(f.read_text()) if f.is_file() else {}
 
+    def source_files(self) -> list[Path]:
+        """Every file a reader of this run takes in: the pinned checkpoint's or export's, and the
+        run directory's own (vocab.txt, config.yaml, summary.json, ...)."""
+        pinned = [self.path / name for name in self.pinned.files] if self.pinned else []
+        return pinned + [p for p in self.home.iterdir() if p.is_file()]
+
     def weights(self) -> dict[str, torch.Tensor]:
-        return load_weights(self.path)
+        if self.pinned is None:
+            return load_weights(self.path)
+        return load_weights(self.path, source=self.pinned.fs_path(WEIGHTS))
 
     def build_model(self, device: str | torch.device = "cpu", vocab_size: int | None = None,
-                    model_cfg: ModelConfig | None = None) -> BiLM:
+                    model_cfg: ModelConfig | None = None, vocab_file: Path | None = None) -> BiLM:
         """The biLM with these weights on `device`, in eval mode; `model_cfg` (default: the saved one)
-        may change what doesn't shape the weights, such as dropout. CheckpointError if they don't fit."""
-        model = build_bilm(model_cfg or self.config.model, vocab_size or len(self.vocab()))
+        may change what doesn't shape the weights, such as dropout. CheckpointError if they don't fit;
+        a vocabulary of another size than the softmax (`vocab_size` words from `vocab_file`, default
+        the run's own vocab.txt) is named as the file that does not belong."""
+        weights = self.weights()
+        rows = weights.get("softmax.weight")
+        size = vocab_size or len(self.vocab())
+        if rows is not None and rows.shape[0] != size:
+            raise CheckpointError(f"{vocab_file or self.home / 'vocab.txt'}: {size:,} words, but the softmax in "
+                                  f"{self.path / WEIGHTS} has {rows.shape[0]:,} rows: this vocabulary does not "
+                                  "belong to these weights")
+        model = build_bilm(model_cfg or self.config.model, size)
         try:
-            model.load_state_dict(self.weights())
+            model.load_state_dict(weights)
         except RuntimeError as e:
             detail = next((ln.strip() for ln in str(e).splitlines()[1:] if ln.strip()), str(e))
             raise CheckpointError(f"{self.path}: weights do not fit its config ({detail})") from None
@@ -175,26 +301,31 @@ class SavedRun:
 
 
 def open_run(path: str | Path) -> SavedRun:
-    """Resolve `path` (see `resolve`) and read its config, step and kind."""
-    found = resolve(path)
+    """Resolve `path` (a run directory: its newest intact checkpoint; a checkpoint; an export or
+    import), pin its files and read its config, step and kind."""
+    pinned = _pin(Path(path))
+    found = pinned.path
     if is_export(found):
-        meta = _read_json(found / EXPORT_META)
+        meta = _json(pinned, EXPORT_META)
         kind = "import" if meta.get("format") == "elmo-hdf5" else "export"
         home, step, softmax = found, int(meta.get("step", 0)), meta.get("softmax", True) is not False
     else:
         kind, home, softmax = "checkpoint", found.parent.parent, True
-        step = int(_read_json(found / "trainer_state.json")["step"])
+        step = int(_json(pinned, "trainer_state.json")["step"])
     try:
-        cfg = load_config(found / "config.yaml")
+        cfg = load_config(found / "config.yaml", text=pinned.text("config.yaml"))
+    except FileNotFoundError:
+        raise CheckpointError(f"{found / 'config.yaml'}: missing") from None
     except ConfigError as e:
         raise CheckpointError(f"{found}: its config.yaml cannot be read ({e})") from None
-    return SavedRun(path=found, home=home, kind=kind, config=cfg, step=step, has_softmax=softmax)
+    return SavedRun(path=found, home=home, kind=kind, config=cfg, step=step, has_softmax=softmax, pinned=pinned)
 
 
-def load_weights(path: Path, name: str = WEIGHTS) -> dict[str, torch.Tensor]:
-    """The state dict in `path/model.safetensors`; CheckpointError for anything else."""
+def load_weights(path: Path, name: str = WEIGHTS, source: str | None = None) -> dict[str, torch.Tensor]:
+    """The state dict in `path/model.safetensors` (read from `source`, a pinned file's path, if
+    given); CheckpointError for anything else."""
     try:
-        return load_file(str(path / name))
+        return load_file(source or str(path / name))
     except Exception as e:  # safetensors raises several error types for foreign files
         raise CheckpointError(f"{path / name}: not a safetensors weight file ({e})") from None
 
@@ -210,20 +341,29 @@ def write_export(out: Path, weights: dict, cfg: Config, meta: dict, home: Path |
                  vocab: Vocabulary | None = None) -> Path:
     """Write the export layout: weights, config, the vocabulary and tokenizer record (copied from a
     run's `home`, or `vocab` saved), then `export.json` last, since its presence makes the directory
-    an export that other commands accept."""
+    an export that other commands accept. A full disk is one DiskFull line, and the weights'
+    temporary file is removed."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / EXPORT_META).unlink(missing_ok=True)  # incomplete until rewritten below
-    write_weights(out, weights, name=f".{WEIGHTS}.tmp")
-    (out / f".{WEIGHTS}.tmp").replace(out / WEIGHTS)
-    save_config(cfg, out / "config.yaml")
-    for name in ("vocab.txt", "vocab.counts.npy", "corpus.json"):
-        src = home / name if home is not None else None
-        if src is not None and src.is_file() and src.resolve() != (out / name).resolve():
-            shutil.copyfile(src, out / name)
-    if vocab is not None:
-        vocab.save(out / "vocab.txt")
-    (out / EXPORT_META).write_text(json.dumps(meta, indent=1))
+    tmp = out / f".{WEIGHTS}.tmp"
+    try:
+        write_weights(out, weights, name=tmp.name)
+        tmp.replace(out / WEIGHTS)
+        save_config(cfg, out / "config.yaml")
+        for name in ("vocab.txt", "vocab.counts.npy", "corpus.json"):
+            src = home / name if home is not None else None
+            if src is not None and src.is_file() and src.resolve() != (out / name).resolve():
+                shutil.copyfile(src, out / name)
+        if vocab is not None:
+            vocab.save(out / "vocab.txt")
+        (out / EXPORT_META).write_text(json.dumps(meta, indent=1))
+    except Exception as e:
+        remove(tmp, out / EXPORT_META)
+        needed = sum(4 * v.numel() for v in weights.values())
+        if looks_full(e, out, needed):
+            raise disk_full(out, "the export", needed) from None
+        raise
     return out
 
 
@@ -241,10 +381,12 @@ def load_tensors(path: Path):
                               f"runs the code a pickle asks for ({detail})") from None
 
 
-def resolve_device(requested: str) -> str:
-    """'auto' -> cuda when present, else cpu; 'cuda' without a GPU is a ConfigError."""
+def resolve_device(requested: str, option: str = "config key 'train.device'") -> str:
+    """'auto' -> cuda when present, else cpu; 'cuda' without a GPU is a ConfigError naming `option`
+    (the key or flag the user set)."""
     if requested == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("config key 'train.device' is cuda, but no CUDA device is available")
+        build = f"torch built for CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU-only build of torch"
+        raise ConfigError(f"{option} is cuda, but no CUDA device is available ({build}); use cpu or auto")
     if requested == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     return requested

@@ -144,8 +144,8 @@ def _examples(rows: Iterable[tuple[str, str, str]], skipped: dict) -> Iterator[E
 
 
 def _count_bom(lines: TextLines, counts: dict) -> None:
-    if lines.bom:
-        counts[BOM_DROPPED] = counts.get(BOM_DROPPED, 0) + 1
+    if lines.boms:
+        counts[BOM_DROPPED] = counts.get(BOM_DROPPED, 0) + lines.boms
 
 
 def _decoded_lines(path: Path, counts: dict, keep_ends: bool) -> Iterator[str]:
@@ -285,13 +285,33 @@ def build_splits(train: str, valid: str = "", test: str = "", fmt: str = "auto",
         if unseen is not None:
             raise DataError(f"{unseen.source}: label {unseen.label!r} never occurs in the training data "
                             f"({train}: {', '.join(map(repr, sorted(seen)))})")
+    _check_classes(train_ex, train, seen, [])
+    split_off = [what for what, given in (("test", test_ex), ("validation", valid_ex)) if given is None]
     if test_ex is None:
         train_ex, test_ex = _stratified_split(train_ex, test_fraction, seed, "test", train)
     if valid_ex is None:
         train_ex, valid_ex = _stratified_split(train_ex, valid_fraction, seed, "validation", train)
+    _check_classes(train_ex, train, seen, split_off)
     agnews = (detect_format(train) if fmt == "auto" else fmt) == "agnews"
     labels = list(AGNEWS_LABELS) if agnews else sorted(seen)
     return Splits(train=train_ex, valid=valid_ex, test=test_ex, labels=labels, skipped=skipped)
+
+
+def _check_classes(train_ex: list[Example], path: str, seen: set[str], split_off: list[str]) -> None:
+    """Refuse a training split of one class. Neither the classifier nor the TF-IDF baseline can learn
+    from it, and without this check every variant trained before the baseline failed with a traceback.
+    A stratified split can leave a small class entirely in the held-out sets: `split_off` says which."""
+    labels = {e.label for e in train_ex}
+    if len(labels) > 1:
+        return
+    (only,) = labels
+    after = ""
+    if seen - labels:
+        lost = ", ".join(map(repr, sorted(seen - labels)))
+        after = (f" once the {' and '.join(split_off)} set{'s are' if len(split_off) > 1 else ' is'} split off "
+                 f"(every example of {lost} went there: add examples or lower the fraction)")
+    raise DataError(f"{path}: every training document has label {only!r}{after}; "
+                    f"a classifier needs at least 2 classes")
 
 
 def _stratified_split(examples: list[Example], fraction: float, seed: int, what: str,

@@ -34,6 +34,7 @@ from elmo_dist.classify.group import Group
 from elmo_dist.classify.variant import VariantRun
 from elmo_dist.config import FinetuneConfig
 from elmo_dist.embedder import Embedder
+from elmo_dist.files import refuse_overwrite
 from elmo_dist.train.lock import RunDirLock, own_run_dir
 from elmo_dist.train.metrics import log, setup_logging
 
@@ -117,12 +118,18 @@ def finetune(cfg: FinetuneConfig) -> dict:
     return summary
 
 
+_RUN_FILES = ("config.yaml", "labels.json", "summary.json", "comparison.txt")  # what RUN_DIR holds at its top
+
+
 def _finetune(cfg: FinetuneConfig, group: Group) -> dict:
     run_dir, d = Path(cfg.train.run_dir), cfg.data
     device = str(group.acc.device) if group.multi else cfg.train.device
     splits = build_splits(d.train, d.valid, d.test, d.format, list(d.text_fields), d.label_field,
                           d.valid_fraction, d.test_fraction, d.split_seed)
     embedder = Embedder.from_run(cfg.bilm.path, device, cfg.bilm.sentence_boundaries)
+    # a run directory that is the biLM's own would have its config.yaml and summary.json replaced
+    inputs = [*embedder.source_files(), *(Path(p) for p in (d.train, d.valid, d.test) if p)]
+    refuse_overwrite([run_dir / name for name in _RUN_FILES], inputs, "finetune")
     if group.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         configlib.save_config(cfg, run_dir / "config.yaml")
@@ -180,11 +187,18 @@ def _finish(cfg, run_dir: Path, splits: Splits, y: dict, results: dict, group: G
         variants[variant] = entry
     baseline = None
     if cfg.baseline:
-        baseline = report.tfidf_baseline([ex.text for ex in splits.train], y["train"].tolist(),
-                                         [ex.text for ex in splits.test], y["test"].tolist(), splits.labels,
-                                         cfg.train.seed)
-        rows.append({"variant": "tfidf+logreg", **{k: baseline[k] for k in _REPORTED},
-                     "layer_weights": None, "gamma": None})
+        row = {"variant": "tfidf+logreg", "layer_weights": None, "gamma": None}
+        try:
+            baseline = {"fitted": True, **report.tfidf_baseline(
+                [ex.text for ex in splits.train], y["train"].tolist(), [ex.text for ex in splits.test],
+                y["test"].tolist(), splits.labels, cfg.train.seed)}
+            row.update({k: baseline[k] for k in _REPORTED})
+        except report.BaselineNotFitted as e:
+            # the variants' results are what the run was for: report the missing baseline and keep them
+            log.warning("the TF-IDF baseline could not be fitted: %s; the comparison goes without it", e)
+            baseline = {"fitted": False, "reason": str(e)}
+            row.update({**dict.fromkeys(_REPORTED), "not_fitted": str(e)})
+        rows.append(row)
     seeds = list(cfg.train.seeds) or [cfg.train.seed]
     options = {"seeds": seeds, "early_stopping": cfg.train.early_stopping, "class_weights": cfg.train.class_weights}
     note = (f"test set, {len(y['test']):,} documents; " + (f"mean ± std over seeds {seeds}; " if len(seeds) > 1

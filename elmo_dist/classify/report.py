@@ -10,6 +10,7 @@ backend: they work on a headless node and every figure is closed once written.
 """
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 
 import matplotlib
@@ -134,6 +135,8 @@ def format_report(metrics_by_split: dict[str, dict], title: str = "") -> str:
 
 
 def _weights_cell(row: dict) -> str:
+    if row.get("not_fitted"):  # a baseline that could not be fitted: its reason stands in the last column
+        return f"could not be fitted: {row['not_fitted']}"
     weights = row.get("layer_weights")
     if weights is None:
         return "-"
@@ -230,13 +233,46 @@ def _full_proba(model: LogisticRegression, x, n_labels: int) -> np.ndarray:
     return proba
 
 
+class BaselineNotFitted(Exception):
+    """The TF-IDF baseline cannot be fitted on these training texts; the message is the short reason.
+    Not a UserError: the texts may be fine for the biLM, so the run reports it and goes on."""
+
+
+def _no_features_reason(vec: TfidfVectorizer, texts: list[str]) -> str | None:
+    """Why `vec` found no features in `texts` (sklearn's ValueError wording is its own, and changes),
+    or None when that is not why it failed."""
+    df: Counter = Counter()
+    analyze = vec.build_analyzer()
+    for text in texts:
+        df.update(set(analyze(text)))
+    if not df:
+        return "no training document has a word (TF-IDF's words are runs of 2+ letters or digits)"
+    if max(df.values()) < vec.min_df:
+        return f"no word occurs in {vec.min_df} or more training documents (min_df={vec.min_df})"
+    return None
+
+
+def _fit_features(vec: TfidfVectorizer, texts: list[str]):
+    try:
+        return vec.fit_transform(texts)
+    except ValueError:
+        reason = _no_features_reason(vec, texts)
+        if reason is None:
+            raise
+        raise BaselineNotFitted(reason) from None
+
+
 def tfidf_baseline(train_texts: list[str], train_labels: list[int], test_texts: list[str],
                    test_labels: list[int], labels: list[str], seed: int = 0) -> dict:
-    """Word uni+bigram TF-IDF and logistic regression; `compute_metrics` on the test set, loss = log-loss."""
+    """Word uni+bigram TF-IDF and logistic regression; `compute_metrics` on the test set, loss = log-loss.
+
+    Raises `BaselineNotFitted` when the training texts give no TF-IDF features (emoticons only, or no
+    word in `_BASELINE_MIN_DF` documents). min_df stays as it is: a baseline fitted with other settings
+    than the ones reported would be a different baseline."""
     if len(set(train_labels)) < 2:
         raise ValueError("the TF-IDF baseline needs at least two classes in the training labels")
     vec = TfidfVectorizer(ngram_range=(1, 2), min_df=_BASELINE_MIN_DF, sublinear_tf=True)
-    x_train = vec.fit_transform(train_texts)
+    x_train = _fit_features(vec, train_texts)
     x_test = vec.transform(test_texts)
     model = LogisticRegression(max_iter=1000, C=_BASELINE_C, random_state=seed)
     model.fit(x_train, np.asarray(train_labels))

@@ -239,9 +239,10 @@ def config_from_tree(tree: dict, source: str = "config") -> Config:
     return cfg
 
 
-def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
-    """defaults <- flavour preset <- YAML file <- dotted overrides, validated."""
-    tree = configlib.read_yaml(path, Config) if path else {}
+def load_config(path: str | Path | None, overrides: list[str] = (), text: str | None = None) -> Config:
+    """defaults <- flavour preset <- YAML file <- dotted overrides, validated; `text`: the file's
+    content, already read (see configlib.read_yaml)."""
+    tree = configlib.read_yaml(path, Config, text) if path else {}
     over = configlib.parse_overrides(list(overrides), Config)
     return config_from_tree(configlib.merge_trees(tree, over), str(path) if path else "overrides")
 

@@ -17,6 +17,8 @@ position, an index into them (`fwd_index`, `bwd_index`): the char CNN runs once 
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from elmo_dist.data.char_ids import PAD_CHAR
@@ -98,10 +100,10 @@ class WindowBatcher:
         self.stream = self.corpus.stream(self.split, rng.permutation(n_shards).tolist())
         offset = int(rng.integers(self.steps))
         n_lanes = self.rows * self.world_size
-        lane_len = (len(self.stream) - offset) // n_lanes
-        self.steps_per_epoch = lane_len // self.steps
+        self.lane_len = (len(self.stream) - offset) // n_lanes
+        self.steps_per_epoch = self.lane_len // self.steps
         mine = np.arange(self.rank * self.rows, (self.rank + 1) * self.rows)
-        self.lane_starts = offset + mine * lane_len
+        self.lane_starts = offset + mine * self.lane_len
         self._layout_epoch = self.epoch
 
     def next_batch(self) -> dict:
@@ -124,19 +126,26 @@ class WindowBatcher:
                 "unroll_steps": self.steps, "world_size": self.world_size}
 
     def load_state_dict(self, state: dict) -> None:
-        """Resume; a position saved under another rows x processes layout maps to the same fraction of its epoch."""
+        """Resume. A position saved under another layout (rows x processes, or window length
+        `unroll_steps`) continues at the same token of each lane, or, with another number of lanes,
+        at the same fraction of the epoch; rounded up to a whole window, so no text is read twice."""
         self.epoch, self.step = int(state["epoch"]), int(state["step"])
         old_lanes = int(state.get("rows", self.rows)) * int(state.get("world_size", self.world_size))
+        old_steps = int(state.get("unroll_steps", self.steps))
+        if old_lanes == self.rows * self.world_size and old_steps == self.steps:
+            return
+        self._layout()
+        tokens = self.step * old_steps  # read of each lane this epoch
         if old_lanes != self.rows * self.world_size:
-            old_spe = self._steps_per_epoch(old_lanes)
-            self._layout()
-            self.step = min(self.steps_per_epoch, -(-self.step * self.steps_per_epoch // max(old_spe, 1)))
+            tokens = tokens * self.lane_len / self._lane_len(old_lanes, old_steps)
+        self.step = min(self.steps_per_epoch, math.ceil(tokens / self.steps))
 
-    def _steps_per_epoch(self, n_lanes: int) -> int:
+    def _lane_len(self, n_lanes: int, unroll_steps: int) -> int:
+        """The lane length of this epoch's layout under `n_lanes` lanes of `unroll_steps` windows."""
         rng = np.random.default_rng([self.seed, self.epoch])
         rng.permutation(len(self.corpus.shards[self.split]))  # the same draws as _layout, in order
-        offset = int(rng.integers(self.steps))
-        return (len(self.corpus.stream(self.split)) - offset) // n_lanes // self.steps
+        offset = int(rng.integers(unroll_steps))
+        return (len(self.corpus.stream(self.split)) - offset) // n_lanes
 
 
 def eval_batches(corpus: PreparedCorpus, rows: int, unroll_steps: int, max_tokens: int = 0,

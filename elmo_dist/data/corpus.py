@@ -17,7 +17,7 @@ import numpy as np
 
 from elmo_dist.data.char_ids import char_id_table
 from elmo_dist.data.prepare import FORMAT_VERSION, MANIFEST
-from elmo_dist.data.vocab import UNK_ID, Vocabulary
+from elmo_dist.data.vocab import SPECIALS, UNK_ID, Vocabulary
 from elmo_dist.errors import DataError
 
 
@@ -86,6 +86,10 @@ class PreparedCorpus:
             raise DataError(f"{manifest_path}: unsupported or incomplete manifest "
                             f"(format {self.manifest.get('format_version')})")
         self.vocab = Vocabulary.load(self.dir / "vocab.txt")
+        if len(self.vocab) <= len(SPECIALS):  # `prepare` refuses these now; older versions wrote them
+            raise DataError(f"{self.dir / 'vocab.txt'}: the vocabulary has no words, only <S>, </S>, <UNK> (a "
+                            f"--min-count or --max-size removed them all), so every target would be <UNK>; "
+                            f"prepare the corpus again with a lower --min-count")
         self.max_chars = max_chars
         self._vocab_chars: np.ndarray | None = None
         self._oov_chars: dict[int, np.ndarray] = {}

@@ -29,7 +29,7 @@ from typing import Iterator
 
 import numpy as np
 
-from elmo_dist.data.reader import Stats, expand_inputs, read_line_runs
+from elmo_dist.data.reader import MAX_LINE_BYTES, Stats, expand_inputs, read_line_runs
 from elmo_dist.data.shards import (
     LookupShardWriter,
     ShardPlan,
@@ -40,12 +40,19 @@ from elmo_dist.data.shards import (
     write_synced,
 )
 from elmo_dist.data.tokenize import build_run_tokenizer
-from elmo_dist.data.vocab import BOS_ID, EOS_ID, UNK_ID, Vocabulary
-from elmo_dist.errors import DataError
+from elmo_dist.data.vocab import BOS_ID, EOS_ID, SPECIALS, UNK_ID, Vocabulary
+from elmo_dist.errors import DataError, DiskFull, OutputError, UserError
+from elmo_dist.files import free_bytes, human, inside, looks_full, need_space, refuse_overwrite, writable_dir
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
 SPLITS = ("train", "heldout")
+# A training OOV rate above this gets a warning. Every OOV token is one <UNK> target to the softmax,
+# an easy one to predict, so a vocabulary that leaves much of the text out makes perplexity read
+# better than the model is (--min-count 1000000 left only <S>, </S>, <UNK>, and pretraining "reached"
+# a held-out perplexity of 1.38). The 1B Word Benchmark's rate is 0.28% (793k words, min count 3);
+# 5% leaves room for small vocabularies over noisy web text, and is still far from that collapse.
+OOV_WARN_RATE = 0.05
 
 
 @dataclass
@@ -165,8 +172,7 @@ def _second_pass(opts, files, heldout, vocab, out, fp: FirstPass, scratch) -> di
 def prepare(opts: PrepareOptions) -> dict:
     """Run both passes and write the manifest; returns the manifest dict."""
     files, heldout = _checked_inputs(opts)
-    out = Path(opts.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = _checked_out(opts, files + heldout)
     (out / MANIFEST).unlink(missing_ok=True)  # from here until the end, the directory is incomplete
     for old in list(out.glob("train/shard-*")) + list(out.glob("heldout/shard-*")):
         old.unlink()
@@ -177,11 +183,19 @@ def prepare(opts: PrepareOptions) -> dict:
     try:
         fp = _first_pass(opts, files, heldout, read_stats, scratch)
         if not fp.stats["train"].tokens:
-            where = files[0] if len(files) == 1 else "inputs"
-            raise DataError(f"{where}: the corpus has no tokens in its training part")
+            raise _no_tokens(opts, files, read_stats["train"])
         train_counts = fp.word_ids.train_counts()
         vocab = Vocabulary.from_counts(train_counts, opts.min_count, opts.max_size)
+        if len(vocab) == len(SPECIALS):  # trained on, it "learns" to predict <UNK> (see OOV_WARN_RATE)
+            raise _no_words(opts, files, train_counts)
+        # int32 shards of both streams (tokens and sentence markers), the scratch ids still beside them
+        shard_bytes = 4 * sum(st.tokens + 2 * st.sentences for st in fp.stats.values())
+        need_space(out, shard_bytes, "the token shards")
         shards = _second_pass(opts, files, heldout, vocab, out, fp, scratch)
+    except Exception as e:
+        if isinstance(e, UserError) or not looks_full(e, out):
+            raise
+        raise _disk_full(out, scratch) from None
     finally:
         for path in scratch.values():
             path.unlink(missing_ok=True)
@@ -195,6 +209,31 @@ def prepare(opts: PrepareOptions) -> dict:
     return manifest
 
 
+def _checked_out(opts: PrepareOptions, inputs: list[Path]) -> Path:
+    """The output directory, writable, and holding none of the inputs where prepare writes: its
+    vocabulary, manifest and summary are replaced, and its old shards deleted."""
+    out = Path(opts.out)
+    names = ["vocab.txt", "vocab.counts.npy", MANIFEST, MANIFEST + ".tmp", "summary.json",
+             *(f".first-sight-ids-{s}.tmp" for s in SPLITS)]
+    refuse_overwrite([out / name for name in names], inputs, "prepare")
+    for path in inputs:
+        if any(inside(path, out / s) for s in SPLITS):
+            raise OutputError(f"{path}: is also an input of `elmo-dist prepare`, inside {out / path.parent.name}, "
+                              "whose old shards prepare deletes; choose another --out")
+    return writable_dir(out, "--out")
+
+
+def _disk_full(out: Path, scratch: dict[str, Path]) -> DiskFull:
+    """The disk filled up: every shard written so far removed (the scratch ids go in `prepare`'s
+    finally), and the sizes a rerun needs."""
+    ids = sum(p.stat().st_size for p in scratch.values() if p.is_file()) // 4
+    for old in list(out.glob("train/shard-*")) + list(out.glob("heldout/shard-*")):
+        old.unlink()
+    return DiskFull(f"{out}: the disk is full ({human(free_bytes(out))} free, {ids:,} tokens' ids written); prepare "
+                    "needs about 8 bytes a corpus token until it ends: 4 for the scratch ids (removed at the "
+                    f"end) and 4 for the shards, {human(8 * ids)} for the tokens read so far alone")
+
+
 def _checked_inputs(opts: PrepareOptions) -> tuple[list[Path], list[Path]]:
     files = expand_inputs(opts.inputs)
     heldout = expand_inputs(opts.heldout_files) if opts.heldout_files else []
@@ -203,7 +242,56 @@ def _checked_inputs(opts: PrepareOptions) -> tuple[list[Path], list[Path]]:
     for flag, value, least in (("--shard-tokens", opts.shard_tokens, 1), ("--max-types", opts.max_types, 2)):
         if value < least:
             raise DataError(f"{flag} must be at least {least}, got {value}")
+    if 0 < opts.max_size <= len(SPECIALS):
+        raise DataError(f"--max-size {opts.max_size} leaves no room for words: the vocabulary's first "
+                        f"{len(SPECIALS)} entries are <S>, </S>, <UNK>; use at least {len(SPECIALS) + 1}, "
+                        f"or 0 for no limit")
     return files, heldout
+
+
+def _where(files: list[Path]) -> str:
+    return str(files[0]) if len(files) == 1 else f"{files[0]} and {len(files) - 1} more inputs"
+
+
+def _no_tokens(opts: PrepareOptions, files: list[Path], read: Stats) -> DataError:
+    """The error for a training part without tokens, saying what became of the lines."""
+    n, long, empty = read.lines, read.long_lines, read.empty_lines
+    limit = f"{MAX_LINE_BYTES >> 20} MiB"
+    if n == 0:
+        why = "there are no lines at all"
+    elif long == n:
+        why = f"all {n:,} lines were longer than {limit} and were skipped"
+    elif empty == n:
+        why = f"all {n:,} lines were empty"
+    elif long + empty == n:
+        why = f"of its {n:,} lines, {long:,} were longer than {limit} (skipped) and {empty:,} empty"
+    else:
+        why = (f"none of its {n - long - empty:,} non-empty lines gave a training token (held out by "
+               f"--heldout-fraction {opts.heldout_fraction}, or nothing left after tokenizing)")
+    return DataError(f"{_where(files)}: the corpus has no tokens in its training part: {why}")
+
+
+def _no_words(opts: PrepareOptions, files: list[Path], train_counts: dict[str, int]) -> DataError:
+    """The error for a vocabulary of the specials alone, naming the count that would keep a word."""
+    words = {w: c for w, c in train_counts.items() if w not in SPECIALS}
+    if not words:
+        return DataError(f"{_where(files)}: the training text has no words besides <S>, </S>, <UNK>")
+    top = max(words, key=words.__getitem__)
+    return DataError(f"{_where(files)}: --min-count {opts.min_count} leaves no words in the vocabulary (only "
+                     f"<S>, </S>, <UNK>): the most frequent training word, {top!r}, occurs {words[top]:,} times; "
+                     f"use --min-count {words[top]} or less")
+
+
+def _oov_warnings(opts: PrepareOptions, train: Stats) -> list[str]:
+    rate = train.oov_tokens / max(train.tokens, 1)
+    if rate <= OOV_WARN_RATE:
+        return []
+    fixes = [f"lower --min-count (now {opts.min_count})"] if opts.min_count > 1 else []
+    fixes += [f"raise --max-size (now {opts.max_size:,})"] if opts.max_size else []
+    fix = " or ".join(fixes) or f"raise --max-types (now {opts.max_types:,}), which pruned rare words"
+    return [f"{rate:.2%} of the training words are outside the vocabulary (more than {OOV_WARN_RATE:.0%}; the "
+            f"1B Word Benchmark has 0.28%): the softmax sees each as <UNK>, which makes perplexity look better "
+            f"than the model is; {fix}"]
 
 
 def _fill_special_counts(vocab: Vocabulary, train: Stats) -> None:
@@ -232,6 +320,8 @@ def _manifest(opts, files, heldout, vocab, train_counts, fp: FirstPass, read_sta
         "long_lines_skipped": rs_train.long_lines + rs_held.long_lines,
         "byte_order_marks_dropped": rs_train.boms + rs_held.boms,
         "train_tokens_over_48_bytes": truncated,
+        "train_oov_rate": round(fp.stats["train"].oov_tokens / max(fp.stats["train"].tokens, 1), 6),
+        "warnings": _oov_warnings(opts, fp.stats["train"]),
         "splits": {s: {"sentences": st.sentences, "words": st.tokens, "oov_words": st.oov_tokens,
                        "stream_tokens": st.tokens + 2 * st.sentences, "shards": shards[s]}
                    for s, st in fp.stats.items()},

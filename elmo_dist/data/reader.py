@@ -14,17 +14,24 @@ corrupt file is a `DataError` naming it.
     text = TextLines("sentences.txt")
     for n, line in enumerate(text, 1):   # n is the line number an editor or `wc -l` shows
         ...
-    text.bom                             # True if the file started with a byte-order mark
+    text.boms                            # how many byte-order marks were dropped (text.bom: any)
 
 Both readers end lines at "\\n" only (`str.splitlines()` also splits on form feed, U+0085, U+2028
-and more, which shifts every later line number and HDF5 key) and drop a UTF-8 byte-order mark at
-the start of a file, counting it, so that it never becomes part of the first word.
+and more, which shifts every later line number and HDF5 key). U+FEFF (the byte-order mark) is never
+text: wherever it is, it is dropped and counted, so that it never becomes part of a word. It is not
+only at the start of a file: `cat a.txt b.txt` or `cat a.gz b.gz` puts one at the start of each
+part ("\\ufeffWorld" was a word of its own in the vocabulary). NUL bytes are an error naming the
+line (a binary file, or UTF-16 without a byte-order mark), and so is a file that starts with a
+UTF-16 or UTF-32 byte-order mark: the message gives the `iconv` command that converts it. Such a
+file is refused rather than decoded, so that every reader, line number and byte offset in elmo-dist
+is about UTF-8 bytes; converting it once is cheap.
 """
 from __future__ import annotations
 
 import glob
 import gzip
 import os
+import shlex
 import zlib
 from dataclasses import dataclass
 from itertools import chain
@@ -33,13 +40,20 @@ from typing import Iterator
 
 from elmo_dist.errors import DataError
 
-# one sentence (or document) per line: a line past this is a broken file or not text, and reading it
-# whole would make memory grow with the file, so it is skipped (counted) in bounded chunks
+# one sentence (or document) per line: a line past this many UTF-8 bytes is a broken file or not
+# text, and reading it whole would make memory grow with the file, so it is skipped (counted) in
+# bounded chunks. Bytes, not characters, wherever the line is: the same 600k-character CJK line
+# (1.8 MB) used to be kept at the start of a file (counted in characters) and skipped further on.
 MAX_LINE_BYTES = 1 << 20
 _BLOCK = 1 << 21
-# what Windows editors put at the start of a UTF-8 file; it is not text, and left in it would turn
-# the first word into another one ("\ufeffThe")
+# what Windows editors put at the start of a UTF-8 file, and `cat` in the middle of one; it is not
+# text, and left in it would turn a word into another one ("\ufeffThe")
 BOM = b"\xef\xbb\xbf"
+_BOM_CHAR = "\ufeff"
+# the byte-order marks of the encodings elmo-dist does not read (what Windows PowerShell's `>`
+# writes is UTF-16 LE). UTF-32 LE's (FF FE 00 00) starts with UTF-16 LE's (FF FE): it goes first.
+_WIDE_BOMS = ((b"\xff\xfe\x00\x00", "UTF-32 LE", "UTF-32"), (b"\x00\x00\xfe\xff", "UTF-32 BE", "UTF-32"),
+              (b"\xff\xfe", "UTF-16 LE", "UTF-16"), (b"\xfe\xff", "UTF-16 BE", "UTF-16"))
 # TextLines' limit: the classifier's documents can be long articles, but a line past this is no text
 MAX_TEXT_LINE_BYTES = 1 << 26
 _TEXT_BLOCK = 1 << 20
@@ -79,24 +93,74 @@ def _open_bytes(path: Path):
     return gzip.open(path, "rb") if gz else open(path, "rb")
 
 
+def convert_command(path: Path, encoding: str, gz: bool = False) -> str:
+    """The shell command that writes a UTF-8 copy of `path` beside it (corpus.utf8.txt: the suffix,
+    which classification data is read by, stays last)."""
+    base = Path(path.name[:-3]) if gz and path.name.endswith(".gz") else Path(path.name)
+    out, src = shlex.quote(str(path.with_name(f"{base.stem}.utf8{base.suffix}"))), shlex.quote(str(path))
+    return f"gzip -dc {src} | iconv -f {encoding} -t UTF-8 > {out}" if gz else \
+        f"iconv -f {encoding} -t UTF-8 {src} > {out}"
+
+
+def refuse_wide_encoding(path: Path, head: bytes, gz: bool = False) -> None:
+    """A `DataError` with the command that converts the file if `head` (its first bytes) starts with
+    a UTF-16 or UTF-32 byte-order mark. iconv's "UTF-16"/"UTF-32" read the mark for the byte order."""
+    for mark, name, family in _WIDE_BOMS:
+        if head.startswith(mark):
+            raise DataError(f"{path}: the file is {name} text (it starts with the byte-order mark "
+                            f"{mark.hex(' ').upper()}), not UTF-8; convert it first: "
+                            f"`{convert_command(path, family, gz)}`")
+
+
+def nul_error(path: Path, line: int, block: bytes, gz: bool = False) -> DataError:
+    """The error for NUL bytes on `line`. Text in UTF-16 without a byte-order mark is full of them,
+    one in every other byte (ASCII's high bytes), which `block` (a read block) shows."""
+    sample = block[:4096]
+    even, odd, half = sample[0::2].count(0), sample[1::2].count(0), len(sample) / 2
+    if len(sample) >= 64 and max(even, odd) > 0.8 * half and min(even, odd) < 0.1 * half:
+        order = "LE" if odd > even else "BE"
+        return DataError(f"{path}:{line}: contains NUL bytes in every other byte: this looks like UTF-16 "
+                         f"{order} text without a byte-order mark, not UTF-8; convert it first: "
+                         f"`{convert_command(path, 'UTF-16' + order, gz)}`")
+    return DataError(f"{path}:{line}: contains NUL bytes; this looks like a binary file, not text")
+
+
+def _without_long_lines(run: bytes, stats: Stats) -> bytes | None:
+    """`run` (whole lines, "\\n" between them) without those over MAX_LINE_BYTES, which are counted;
+    None if none is left. Whether there is one takes a few C-level searches per run, not one per
+    line: from a line's start, the last "\\n" within MAX_LINE_BYTES + 1 bytes ends a stretch of
+    short lines, and the next line starts after it; finding none there means a long line."""
+    start = 0
+    while len(run) - start > MAX_LINE_BYTES:
+        nl = run.rfind(b"\n", start, start + MAX_LINE_BYTES + 1)
+        if nl < 0:
+            break
+        start = nl + 1
+    else:
+        return run
+    lines = run.split(b"\n")  # rare: a line over 1 MiB that ended inside this run
+    kept = [line for line in lines if len(line) <= MAX_LINE_BYTES]
+    stats.lines += len(lines) - len(kept)
+    stats.long_lines += len(lines) - len(kept)
+    return b"\n".join(kept) if kept else None
+
+
 def _blocks(f, path: Path, stats: Stats) -> Iterator[bytes]:
     """The file as runs of whole lines (no trailing newline), read 2 MiB at a time; lines over
-    MAX_LINE_BYTES are dropped and counted without ever being held whole; a leading BOM is dropped
-    and counted."""
-    carry, skipping, line_no = b"", False, 0
+    MAX_LINE_BYTES are dropped and counted without ever being held whole."""
+    carry, skipping, line_no = b"", False, 0  # line_no: the lines read whole or skipped so far
     first = f.read(_BLOCK)
-    if first.startswith(BOM):  # once per file, so the per-line work stays C-level calls
-        first = first[len(BOM):]
-        stats.boms += 1
+    refuse_wide_encoding(path, first, isinstance(f, gzip.GzipFile))
     for block in chain((first,), iter(lambda: f.read(_BLOCK), b"")):
         if b"\x00" in block:
             at = line_no + (carry + block[: block.index(b"\x00")]).count(b"\n") + 1
-            raise DataError(f"{path}:{at}: contains NUL bytes; this looks like a binary file, not text")
+            raise nul_error(path, at, block, isinstance(f, gzip.GzipFile))
         if skipping:  # the rest of an over-long line
             nl = block.find(b"\n")
             if nl < 0:
                 continue
             block, skipping = block[nl + 1:], False
+            line_no += 1  # the skipped line, which later line numbers count too
         data = carry + block if carry else block
         cut = data.rfind(b"\n")
         if cut < 0:
@@ -104,18 +168,20 @@ def _blocks(f, path: Path, stats: Stats) -> Iterator[bytes]:
         else:
             complete, carry = data[:cut], data[cut + 1:]
             line_no += complete.count(b"\n") + 1
-            yield complete
+            if (complete := _without_long_lines(complete, stats)) is not None:
+                yield complete
         if len(carry) > MAX_LINE_BYTES:
             stats.lines += 1
             stats.long_lines += 1
             carry, skipping = b"", True
     if carry:
-        yield carry
+        yield carry  # at most MAX_LINE_BYTES, checked above
 
 
 def _decoded(complete: bytes, stats: Stats) -> list[str]:
+    """The lines of a run as str; bad UTF-8 replaced and counted, U+FEFF dropped and counted."""
     try:  # the common case: the whole run decodes at once
-        return complete.decode("utf-8").split("\n")
+        text = complete.decode("utf-8")
     except UnicodeDecodeError:
         lines = []
         for raw in complete.split(b"\n"):
@@ -124,21 +190,21 @@ def _decoded(complete: bytes, stats: Stats) -> list[str]:
             except UnicodeDecodeError:
                 lines.append(raw.decode("utf-8", errors="replace"))
                 stats.lines_with_bad_utf8 += 1
-        return lines
+        text = "\n".join(lines)
+    if _BOM_CHAR in text:  # one C-level search per run (none at all in a str of Latin-1 characters)
+        stats.boms += text.count(_BOM_CHAR)
+        text = text.replace(_BOM_CHAR, "")
+    return text.split("\n")
 
 
 def read_line_runs(path: Path, stats: Stats) -> Iterator[list[str]]:
     """Decoded, stripped, non-empty lines, a run (about 2 MiB) at a time; bad UTF-8 is replaced and
-    counted, empty and over-long (> 1 MiB) lines skipped and counted; a binary file is an error."""
+    counted, empty and over-long (> 1 MiB of UTF-8) lines skipped and counted, byte-order marks
+    dropped and counted; a binary, UTF-16 or UTF-32 file is an error."""
     try:
         with _open_bytes(path) as f:
             for complete in _blocks(f, path, stats):
                 lines = _decoded(complete, stats)
-                if len(complete) > MAX_LINE_BYTES and max(map(len, lines)) > MAX_LINE_BYTES:
-                    long = sum(len(line) > MAX_LINE_BYTES for line in lines)  # inside one block: still bounded
-                    stats.long_lines += long
-                    stats.lines += long
-                    lines = [line for line in lines if len(line) <= MAX_LINE_BYTES]
                 stats.lines += len(lines)
                 kept = [s for s in map(str.strip, lines) if s]
                 stats.empty_lines += len(lines) - len(kept)
@@ -152,8 +218,9 @@ class TextLines:
     """The lines of a UTF-8 text file, without their line ends unless `keep_ends` (csv wants them);
     iterate it once. Only "\\n" ends a line, and one "\\r" before it goes with it, so the n-th line
     yielded is line n of the file whatever other line or page separators (form feed, U+0085,
-    U+2028) it holds. A byte-order mark at the start is dropped and `bom` set. Bad UTF-8, a line
-    over `max_line_bytes` and an unreadable file are a `DataError` starting `path:line:` or `path:`.
+    U+2028) it holds. Every U+FEFF (byte-order mark) is dropped and counted in `boms`. Bad UTF-8,
+    NUL bytes, a line over `max_line_bytes`, a UTF-16/32 file and an unreadable file are a
+    `DataError` starting `path:line:` or `path:`.
 
     The file is read in 1 MiB blocks of whole lines, each decoded and split by one C-level call
     (a line at a time in Python is ten times slower on an 800k-word vocabulary); memory stays
@@ -161,7 +228,12 @@ class TextLines:
 
     def __init__(self, path: str | Path, keep_ends: bool = False, max_line_bytes: int = MAX_TEXT_LINE_BYTES):
         self.path, self.keep_ends, self.max_line_bytes = Path(path), keep_ends, max_line_bytes
-        self.bom = False
+        self.boms, self._start_bom = 0, False
+
+    @property
+    def bom(self) -> bool:
+        """Whether a byte-order mark was dropped."""
+        return self.boms > 0
 
     def __iter__(self) -> Iterator[str]:
         try:
@@ -174,23 +246,27 @@ class TextLines:
 
     def _lines(self, f) -> Iterator[str]:
         first = f.read(max(_TEXT_BLOCK, len(BOM)))
-        if first.startswith(BOM):
-            first, self.bom = first[len(BOM):], True
+        refuse_wide_encoding(self.path, first)
+        self._start_bom = first.startswith(BOM)  # dropped as bytes, so that columns in errors stay right
+        if self._start_bom:
+            first, self.boms = first[len(BOM):], 1
         done, carry = 0, b""  # lines yielded so far; the start of a line whose "\n" is still to come
         for block in chain((first,), iter(lambda: f.read(_TEXT_BLOCK), b"")):
+            if b"\x00" in block:
+                raise nul_error(self.path, done + (carry + block[: block.index(b"\x00")]).count(b"\n") + 1, block)
             data = carry + block if carry else block
             cut = data.rfind(b"\n") + 1
             carry = data[cut:]
             if len(carry) > self.max_line_bytes:
                 raise self._too_long(done + data.count(b"\n", 0, cut) + 1)
             if cut:
-                lines = self._decoded(data[:cut], done)
+                lines = self._decoded(data[:cut], done, f)
                 done += len(lines)
                 yield from lines
         if carry:  # the last line, without a "\n"
-            yield from self._decoded(carry, done)
+            yield from self._decoded(carry, done, f)
 
-    def _decoded(self, raw: bytes, done: int) -> list[str]:
+    def _decoded(self, raw: bytes, done: int, f) -> list[str]:
         """Whole lines, each ending in "\\n" but maybe the file's last, as str."""
         if len(raw) > self.max_line_bytes:  # only then can one of them be too long
             long = next((i for i, line in enumerate(raw.split(b"\n")) if len(line) > self.max_line_bytes), None)
@@ -199,10 +275,10 @@ class TextLines:
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError as e:
-            n = done + raw.count(b"\n", 0, e.start) + 1
-            col = e.start - raw.rfind(b"\n", 0, e.start) + (len(BOM) if n == 1 and self.bom else 0)
-            raise DataError(f"{self.path}:{n}: not valid UTF-8 (byte 0x{raw[e.start]:02x} at byte {col}); "
-                            f"re-encode the file as UTF-8, e.g. `iconv -f latin1 -t utf-8`") from None
+            raise self._not_utf8(raw, e.start, done, f) from None
+        if _BOM_CHAR in text:
+            self.boms += text.count(_BOM_CHAR)
+            text = text.replace(_BOM_CHAR, "")
         if not self.keep_ends and "\r" in text:
             text = text.replace("\r\n", "\n")
         lines = text.split("\n")
@@ -212,6 +288,24 @@ class TextLines:
         if last:
             lines.append(last)
         return lines
+
+    def _not_utf8(self, raw: bytes, at: int, done: int, f) -> DataError:
+        """The error for bad UTF-8 at byte `at` of `raw`. Converting from Latin-1 is advised only
+        where it gives the right text: never for UTF-16/32 or binary data (NUL bytes, read on from
+        `f`: NUL bytes decode as Latin-1 too, and "converting" gave words like 't\\x00h\\x00e\\x00')."""
+        n = done + raw.count(b"\n", 0, at) + 1
+        col = at - raw.rfind(b"\n", 0, at) + (len(BOM) if n == 1 and self._start_bom else 0)
+        msg = f"{self.path}:{n}: not valid UTF-8 (byte 0x{raw[at]:02x} at byte {col})"
+        wide = next((name for mark, name, _ in _WIDE_BOMS if raw.startswith(mark, at)), None)
+        if wide:
+            return DataError(f"{msg}; a {wide} byte-order mark starts there (was a {wide} file appended?): "
+                             f"convert that part with `iconv -f {wide.split()[0]} -t UTF-8`")
+        # the blocks read so far had no NUL byte; the rest of the file is read only on this error path
+        if any(b"\x00" in block for block in iter(lambda: f.read(_TEXT_BLOCK), b"")):
+            return DataError(f"{msg}, and the file holds NUL bytes: it is binary, or UTF-16/32 text, not text "
+                             f"in a one-byte encoding")
+        return DataError(f"{msg}; if the file is Latin-1 (ISO-8859-1), re-encode it as UTF-8: "
+                         f"`{convert_command(self.path, 'latin1')}`")
 
     def _too_long(self, n: int) -> DataError:
         return DataError(f"{self.path}:{n}: line longer than {self.max_line_bytes >> 20} MiB; is this a text file?")

@@ -30,8 +30,9 @@ import torch
 from elmo_dist.config import Config, ModelConfig, validate
 from elmo_dist.data.vocab import SPECIALS, Vocabulary
 from elmo_dist.errors import CheckpointError, DataError
+from elmo_dist.files import HDF5_BYTES_PER_DATASET, atomic_hdf5, need_space, refuse_overwrite, remove, writable_dir
 from elmo_dist.model import build_bilm
-from elmo_dist.runs import open_run, write_export
+from elmo_dist.runs import EXPORT_FILES, open_run, write_export
 
 TF_TO_TORCH = [0, 2, 1, 3]  # gate blocks: TF (i, j, f, o) -> PyTorch (i, f, g, o); its own inverse
 
@@ -119,6 +120,9 @@ def read_weights(h: _Hdf5, m: ModelConfig) -> dict[str, torch.Tensor]:
 def import_elmo(options_path: str | Path, weights_path: str | Path, out: str | Path,
                 vocab_path: str | Path | None = None, softmax_path: str | Path | None = None) -> dict:
     options_path, out = Path(options_path), Path(out)
+    refuse_overwrite([out / name for name in EXPORT_FILES], [options_path, weights_path, vocab_path, softmax_path],
+                     "import-elmo")
+    writable_dir(out, "OUT_DIR")
     try:
         options = json.loads(options_path.read_text())
     except FileNotFoundError:
@@ -152,16 +156,18 @@ def import_elmo(options_path: str | Path, weights_path: str | Path, out: str | P
 
 
 def export_elmo(run: str | Path, out: str | Path) -> dict:
-    """options.json + weights.hdf5 (+ softmax.hdf5 and vocab.txt) from a run, checkpoint or export."""
-    import h5py
-
+    """options.json + weights.hdf5 (+ softmax.hdf5 and vocab.txt) from a run, checkpoint or export;
+    options.json is written last, so a directory without it is incomplete."""
     saved = open_run(run)
     m = saved.config.model
     if m.encoder != "char_cnn":
         raise CheckpointError(f"{saved.path}: model.encoder is {m.encoder}; the ELMo format holds char-CNN models only")
     sd = {k: v.float().numpy() for k, v in saved.weights().items()}
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    names = ("weights.hdf5", "weights.hdf5.tmp", "options.json", "softmax.hdf5", "softmax.hdf5.tmp", "vocab.txt")
+    refuse_overwrite([out / n for n in names], saved.source_files(), "export-elmo")
+    writable_dir(out, "OUT_DIR")
+    (out / "options.json").unlink(missing_ok=True)  # written last: without it the directory is incomplete
     options = {"char_cnn": {"activation": "relu", "embedding": {"dim": m.char_embed_dim}, "filters": m.filters,
                             "max_characters_per_token": m.max_chars_per_token, "n_characters": 262,
                             "n_highway": m.n_highway},
@@ -175,18 +181,31 @@ def export_elmo(run: str | Path, out: str | Path) -> dict:
     warnings = [] if m.residual else [
         f"{saved.path}: model.residual is false; AllenNLP's ELMo loader refuses such a file (\"only support "
         "pretrained biLMs with residual connections\"); bilm-tf reads it"]
-    with h5py.File(out / "weights.hdf5.tmp", "w") as f:
-        for name, arr in _official_datasets(sd, m).items():
-            f.create_dataset(name, data=arr)
-    (out / "weights.hdf5.tmp").replace(out / "weights.hdf5")
-    (out / "options.json").write_text(json.dumps(options, indent=1))
     wrote_softmax = "softmax.weight" in sd and saved.has_softmax
+    files = {"weights.hdf5": _official_datasets(sd, m)}
     if wrote_softmax:
-        with h5py.File(out / "softmax.hdf5", "w") as f:
-            f.create_dataset("softmax/W", data=sd["softmax.weight"])
-            f.create_dataset("softmax/b", data=sd["softmax.bias"])
-        shutil.copyfile(saved.home / "vocab.txt", out / "vocab.txt")
+        files["softmax.hdf5"] = {"softmax/W": sd["softmax.weight"], "softmax/b": sd["softmax.bias"]}
+    need_space(out, sum(_hdf5_bytes(d) for d in files.values()), "the ELMo-format files")
+    try:
+        for name, datasets in files.items():
+            _write_hdf5(out / name, datasets, name)
+        if wrote_softmax:
+            shutil.copyfile(saved.home / "vocab.txt", out / "vocab.txt")
+        (out / "options.json").write_text(json.dumps(options, indent=1))
+    except BaseException:  # a full disk half-way: none of this export stays
+        remove(*(out / name for name in names))
+        raise
     return {"out": str(out), "source": str(saved.path), "softmax": wrote_softmax, "warnings": warnings}
+
+
+def _hdf5_bytes(datasets: dict[str, np.ndarray]) -> int:
+    return sum(a.nbytes + HDF5_BYTES_PER_DATASET for a in datasets.values())
+
+
+def _write_hdf5(path: Path, datasets: dict[str, np.ndarray], what: str) -> None:
+    with atomic_hdf5(path, _hdf5_bytes(datasets), what) as h5:
+        for name, arr in datasets.items():
+            h5.file.create_dataset(name, data=arr)
 
 
 def _official_datasets(sd: dict, m) -> dict[str, np.ndarray]:

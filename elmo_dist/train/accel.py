@@ -10,6 +10,7 @@ Accelerator that sees fewer processes than the launcher started (N independent c
 """
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import time
@@ -139,3 +140,17 @@ def shut_down(accelerator: Accelerator) -> None:
     accelerator.end_training()
     if accelerator.num_processes > 1:
         time.sleep(0.2)
+
+
+def ranks_in_sync(acc: Accelerator, model: torch.nn.Module) -> bool:
+    """Data parallelism must keep every rank's weights identical: whether they are (a float64
+    fingerprint of all weights, gathered once, at the end of a run)."""
+    if acc.num_processes == 1:
+        return True
+    params = [p.detach().double() for p in model.parameters()]
+    fingerprint = torch.stack([sum(p.sum() for p in params), sum(p.pow(2).sum() for p in params)])
+    gathered = acc.gather(fingerprint[None].to(acc.device)).view(acc.num_processes, 2)
+    same = bool((gathered == gathered[0]).all())
+    if not same:
+        logging.getLogger("elmo_dist").error("ranks diverged: weight fingerprints %s", gathered.tolist())
+    return same

@@ -21,6 +21,8 @@ from pathlib import Path
 import torch
 
 from elmo_dist.config import Config, save_config
+from elmo_dist.errors import DiskFull
+from elmo_dist.files import free_bytes, human, looks_full, remove
 from elmo_dist.runs import COMPLETE, checkpoint_dir, list_steps, load_tensors, sha256, write_weights
 
 FORMAT = 2  # trainer_state.json layout; 1 = the flat layout of elmo-dist before state dicts
@@ -32,6 +34,68 @@ def _fsync(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+# beyond the weights and optimizer state: per-rank RNG and LSTM state, JSON, the COMPLETE marker
+_SMALL_FILES = 1 << 20
+
+
+def size_of(path: Path) -> int:
+    """Bytes of every file under `path`."""
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def tensor_bytes(model: torch.nn.Module, optimizer, zero: bool) -> int:
+    """fp32 weights plus the optimizer's state tensors: the bulk of a checkpoint. Under ZeRO, 16
+    bytes a parameter (fp32 weights, fp32 master copy and two Adam moments, whatever the training
+    precision)."""
+    n = sum(p.numel() for p in model.parameters())
+    if zero:
+        return 16 * n
+    state = sum(t.numel() * t.element_size() for s in optimizer.state.values() for t in s.values()
+                if torch.is_tensor(t))
+    return 4 * n + state
+
+
+def expected_bytes(run_dir: str | Path, tensor_bytes: int) -> int:
+    """What the next checkpoint will take on disk: the newest one's size when there is one (the
+    same files again), else `tensor_bytes` (weights and optimizer state) plus the small files."""
+    root = checkpoint_dir(run_dir)
+    steps = list_steps(root)
+    if steps:
+        try:
+            return size_of(root / f"step-{steps[-1]}")
+        except OSError:  # rotated away meanwhile
+            pass
+    return tensor_bytes + _SMALL_FILES
+
+
+def room_for(run_dir: str | Path, step: int, needed: int) -> str | None:
+    """Why the checkpoint of `step` can't be written (not enough free space), or None."""
+    root = checkpoint_dir(run_dir)
+    free = free_bytes(root)
+    if needed <= free:
+        return None
+    return (f"{root}: not enough disk space for the checkpoint of step {step}: it needs about {human(needed)}, "
+            f"{human(free)} free. {_after_failure(run_dir)}")
+
+
+def _after_failure(run_dir) -> str:
+    steps = list_steps(checkpoint_dir(run_dir))
+    older = f"step-{steps[-1]} and older checkpoints are intact; " if steps else ""
+    return f"Nothing was saved; {older}free some space (or lower checkpoint.keep_last) and run the same command again"
+
+
+def failed_write(exc: Exception, tmp: Path, run_dir: str | Path, step: int, needed: int) -> Exception:
+    """After a save failed half-way: the temporary directory removed, and a full disk made a
+    DiskFull line (torch's zip writer reports one as "unexpected pos", with no errno)."""
+    full = looks_full(exc, tmp.parent, needed)  # before the removal gives the space back
+    remove(tmp)
+    if not full:
+        return exc
+    free = human(free_bytes(tmp.parent))
+    return DiskFull(f"{checkpoint_dir(run_dir)}: the disk filled up while writing the checkpoint of step {step} "
+                    f"(it needs about {human(needed)}, {free} free). {_after_failure(run_dir)}")
 
 
 def begin(run_dir: str | Path, step: int) -> Path:

@@ -20,11 +20,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from elmo_dist.config import load_config, save_config
+from elmo_dist.config import ARCH_KEYS, load_config, save_config
 from elmo_dist.data.batching import eval_batches, eval_length
 from elmo_dist.data.corpus import PreparedCorpus
 from elmo_dist.data.vocab import BOS_ID, EOS_ID
-from elmo_dist.errors import CheckpointError
+from elmo_dist.errors import CheckpointError, ConfigError, OutputError
+from elmo_dist.files import refuse_overwrite, writable_dir
 from elmo_dist.runs import open_run, resolve_device
 
 TENSOR_KEYS = ("token_ids", "chars", "fwd_index", "bwd_index", "fwd_targets", "bwd_targets")
@@ -117,29 +118,65 @@ def unigram_ppl(corpus: PreparedCorpus, max_tokens: int = 0) -> float:
 def evaluate_checkpoint(path: str, overrides: list[str], out: str | None = None) -> dict:
     """Held-out perplexity of a run, checkpoint, export or import (with a softmax); summary.json goes to
     `out` (default RUN/eval/step-N). The saved config is the base, so `overrides` may point data.dir
-    at another prepared corpus, which must share the run's vocabulary."""
+    at another prepared corpus, which must share the run's vocabulary; the model is the checkpoint's,
+    so an override that would change it (model.flavour, the architecture, the clips) is refused.
+
+    Everything about the output is settled before the evaluation: `out` must not be a directory
+    the command reads (the run's own config.yaml and summary.json would be replaced), and must be
+    writable. A read-only run (evaluating someone else's model) without `--out` writes to
+    ./eval/<run>/<step-N> instead, and the summary's "warnings" say so.
+    """
     saved = open_run(path)
     if not saved.has_softmax:
         raise CheckpointError(f"{saved.path}: imported without a softmax, so it has no perplexity; import with "
                               "--vocab and --softmax, or train one: elmo-dist pretrain CONFIG train.init_from="
                               + str(saved.path))
-    cfg = load_config(saved.path / "config.yaml", overrides)
+    cfg = load_config(saved.path / "config.yaml", overrides, text=saved.config_text)
+    _refuse_model_change(saved, cfg)
     corpus = PreparedCorpus(cfg.data.dir, cfg.model.max_chars_per_token)
     run_vocab = saved.home / "vocab.txt"
     if run_vocab.is_file() and saved.vocab().tokens != corpus.vocab.tokens:
         raise CheckpointError(f"{cfg.data.dir}: its vocabulary differs from {run_vocab}, "
                               "the one the run was trained with")
+    out_dir, warnings = _summary_dir(saved, cfg, out)
     device = resolve_device(cfg.train.device)
-    model = saved.build_model(device, len(corpus.vocab), cfg.model)
+    model = saved.build_model(device, len(corpus.vocab), cfg.model, vocab_file=Path(cfg.data.dir) / "vocab.txt")
     t0 = time.perf_counter()
     res = evaluate_bilm(model, corpus, cfg.data, device)
     seconds = time.perf_counter() - t0
     summary = {**res, "unigram_ppl": unigram_ppl(corpus, cfg.data.max_eval_tokens), "steps": saved.step,
                "tokens": res["val_tokens"], "tokens_per_s": res["val_tokens"] / max(seconds, 1e-9),
-               "checkpoint": str(saved.path), "data_dir": cfg.data.dir}
-    out_dir = Path(out) if out else saved.home / "eval" / saved.path.name
-    out_dir.mkdir(parents=True, exist_ok=True)
+               "checkpoint": str(saved.path), "data_dir": cfg.data.dir, "warnings": warnings}
     summary["summary_path"] = str(out_dir / "summary.json")
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     save_config(cfg, out_dir / "config.yaml")
     return summary
+
+
+# what shapes the model's output: an override of these would evaluate another model than the one saved
+_MODEL_FIXED = ("flavour", *ARCH_KEYS, "cell_clip", "proj_clip", "residual")
+
+
+def _refuse_model_change(saved, cfg) -> None:
+    changed = [f"model.{k}: {getattr(saved.config.model, k)} -> {getattr(cfg.model, k)}" for k in _MODEL_FIXED
+               if getattr(saved.config.model, k) != getattr(cfg.model, k)]
+    if changed:
+        raise ConfigError(f"{saved.path}: evaluate takes the model from the checkpoint; the overrides change it "
+                          f"({'; '.join(changed)}). Drop them")
+
+
+def _summary_dir(saved, cfg, out: str | None) -> tuple[Path, list[str]]:
+    """Where summary.json and config.yaml go, checked writable and apart from every input."""
+    out_dir = Path(out) if out else saved.home / "eval" / saved.path.name
+    outputs = [out_dir / "summary.json", out_dir / "config.yaml"]
+    data_dir = Path(cfg.data.dir)
+    inputs = [*saved.source_files(), *(p for p in data_dir.iterdir() if p.is_file())]
+    refuse_overwrite(outputs, inputs, "evaluate")
+    if out:
+        return writable_dir(out_dir, "--out"), []
+    try:
+        return writable_dir(out_dir, "--out"), []
+    except OutputError as e:
+        elsewhere = Path("eval") / saved.home.name / saved.path.name
+        refuse_overwrite([elsewhere / "summary.json", elsewhere / "config.yaml"], inputs, "evaluate")
+        return writable_dir(elsewhere, "--out"), [f"{e}; the summary goes to {elsewhere} instead"]

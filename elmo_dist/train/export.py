@@ -12,7 +12,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from elmo_dist.runs import SavedRun, open_run, write_export
+from elmo_dist.errors import OutputError
+from elmo_dist.files import need_space, refuse_overwrite, same_file, writable_dir
+from elmo_dist.runs import EXPORT_FILES, SavedRun, open_run, write_export
 
 
 def fp32_weights(saved: SavedRun) -> dict:
@@ -27,10 +29,20 @@ def fp32_weights(saved: SavedRun) -> dict:
 
 
 def export_run(path: str | Path, out: str | Path | None = None) -> dict:
+    """Write the export layout of `path`'s weights to `out` (default RUN/export). The output is
+    checked first: never the directory exported from or any file it reads, writable, and with room
+    for the weights; it is complete only once `export.json` is written (elmo_dist.runs.write_export)."""
     saved = open_run(path)
     out = Path(out) if out else saved.home / "export"
+    for d in (saved.path, saved.home):
+        if same_file(out, d):
+            raise OutputError(f"{out}: is the directory exported from; choose another --out")
+    refuse_overwrite([out / name for name in EXPORT_FILES], saved.source_files(), "export")
+    writable_dir(out, "--out")
+    weights = fp32_weights(saved)
+    need_space(out, sum(4 * v.numel() for v in weights.values()) + (1 << 20), "the exported weights")
     meta = {"source": str(saved.path), "step": saved.step, "from": saved.kind}
     if not saved.has_softmax:  # an import without a softmax stays one: evaluate must refuse it
         meta["softmax"] = False
-    write_export(out, fp32_weights(saved), saved.config, meta, home=saved.home)
+    write_export(out, weights, saved.config, meta, home=saved.home)
     return {"out": str(out), "step": saved.step, "source": str(saved.path)}

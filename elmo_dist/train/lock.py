@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 from elmo_dist.errors import CheckpointError
+from elmo_dist.files import unwritable
 
 LOCK_NAME = ".lock"
 
@@ -39,8 +40,11 @@ class RunDirLock:
         """Take the lock (a no-op if this object holds it), or raise RunDirBusy naming the process that does."""
         if self._fd is not None:
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:  # a read-only run directory (someone else's, or a read-only mount)
+            raise unwritable(self.path.parent, "train.run_dir", e) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

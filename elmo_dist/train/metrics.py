@@ -20,6 +20,16 @@ def setup_logging(is_main: bool) -> None:
                         format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S", force=True)
 
 
+def progress_bar(mode: str, is_main: bool, total: int, initial: int):
+    """A tqdm bar over the steps on the main process's terminal (`logging.progress`: auto, bar or
+    lines); None where log lines are wanted instead."""
+    if not is_main or mode == "lines" or (mode == "auto" and not sys.stderr.isatty()):
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True)
+
+
 class MetricsLogger:
     def __init__(self, run_dir: str | Path, enabled: bool, tensorboard: bool, purge_step: int | None = None):
         self.enabled = enabled

@@ -4,11 +4,13 @@ checkpoint fits the command that wants to resume it.
     check_fits(latest, cfg, vocab)                   # architecture and vocabulary, or CheckpointError
     same_layout = check_layout(path, state, cfg, n)  # ZeRO layout, or CheckpointError; False = fresh LSTM state
     good = set_aside_unusable(run_dir, corpus, cfg)  # after a divergence: the newest usable checkpoint
+    done = finished_summary(cfg)                     # the summary of a run already at train.max_steps, or None
 
 Each refusal is one line naming the checkpoint and what to do instead.
 """
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -19,9 +21,27 @@ from elmo_dist.data.batching import eval_batches
 from elmo_dist.data.corpus import PreparedCorpus
 from elmo_dist.data.vocab import Vocabulary
 from elmo_dist.errors import CheckpointError
-from elmo_dist.runs import checkpoint_dir, list_steps, open_run, verify
+from elmo_dist.runs import checkpoint_dir, find_latest, list_steps, open_run, verify
 from elmo_dist.train.evaluate import to_device
 from elmo_dist.train.metrics import log
+
+
+def finished_summary(cfg: Config) -> dict | None:
+    """The saved summary of a run that has reached train.max_steps (its newest intact checkpoint is
+    the step its summary.json reports as finished), else None. Running a finished run's command
+    again must change nothing: before this check it re-saved the final checkpoint and rewrote
+    summary.json with 0 tokens/s."""
+    run_dir = Path(cfg.train.run_dir)
+    try:
+        summary = json.loads((run_dir / "summary.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if not summary.get("finished") or not isinstance(summary.get("steps"), int):
+        return None
+    latest = find_latest(run_dir)
+    if latest is None or int(json.loads((latest / "trainer_state.json").read_text())["step"]) != summary["steps"]:
+        return None
+    return summary if summary["steps"] >= cfg.train.max_steps else None
 
 
 def check_fits(latest: Path, cfg: Config, vocab: Vocabulary) -> None:
@@ -43,23 +63,28 @@ def check_fits(latest: Path, cfg: Config, vocab: Vocabulary) -> None:
 
 
 def check_layout(path: Path, state: dict, cfg: Config, num_processes: int) -> bool:
-    """Whether the checkpoint's processes x rows layout is this run's (so the carried LSTM state fits).
+    """Whether the checkpoint's processes x rows x window layout is this run's (so the carried LSTM
+    state fits where the data continues).
 
-    Another process count or `data.batch_size` resumes at the same fraction of the epoch with a
-    fresh LSTM state (a warning says so); a ZeRO checkpoint needs the same stage and process count.
+    Another process count, `data.batch_size` or `data.unroll_steps` resumes at the same token of
+    the epoch with a fresh LSTM state (a warning says so); a ZeRO checkpoint needs the same stage
+    and process count.
     """
     same_processes = state["world_size"] == num_processes
     rows = int(state["data"].get("rows", cfg.data.batch_size))
+    unroll = int(state["data"].get("unroll_steps", cfg.data.unroll_steps))
     zero = state["zero_stage"]
     if zero != cfg.dist.zero_stage or (zero and not same_processes):
         raise CheckpointError(f"{path}: saved with ZeRO stage {zero} on {state['world_size']} process(es); a ZeRO "
                               "checkpoint resumes only with the same stage and process count. Start a new run from "
                               "its weights with `elmo-dist export` instead")
-    same = same_processes and rows == cfg.data.batch_size
+    same = same_processes and rows == cfg.data.batch_size and unroll == cfg.data.unroll_steps
     if not same:
-        log.warning("resuming a checkpoint of %d process(es) x %d rows on %d x %d: the data position moves to "
-                    "the same fraction of the epoch and the LSTM state restarts", state["world_size"], rows,
-                    num_processes, cfg.data.batch_size)
+        log.warning("resuming a checkpoint of %d process(es) x %d rows x %d-token windows on %d x %d x %d: it had "
+                    "read %d tokens of each lane this epoch; the data continues at the same fraction of the epoch "
+                    "(rounded up to a whole window, so nothing is read twice) and the LSTM state restarts",
+                    state["world_size"], rows, unroll, num_processes, cfg.data.batch_size, cfg.data.unroll_steps,
+                    int(state["data"]["step"]) * unroll)
     return same
 
 

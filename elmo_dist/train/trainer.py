@@ -11,7 +11,7 @@ to an uninterrupted run. The training loss is the summed NLL of both directions 
 from __future__ import annotations
 
 import json
-import sys
+import os
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -21,17 +21,18 @@ import torch
 from elmo_dist.config import Config, save_config, to_yaml
 from elmo_dist.data.batching import WindowBatcher
 from elmo_dist.data.corpus import PreparedCorpus
-from elmo_dist.errors import DataError, TrainingDiverged
+from elmo_dist.errors import DataError, DiskFull, OutputError, TrainingDiverged
+from elmo_dist.files import same_file
 from elmo_dist.model import build_bilm
 from elmo_dist.runs import find_latest, list_steps, load_tensors, load_weights
 from elmo_dist.train import checkpoint as ckpt
-from elmo_dist.train.accel import build_accelerator, shut_down
+from elmo_dist.train.accel import build_accelerator, ranks_in_sync, shut_down
 from elmo_dist.train.evaluate import evaluate_bilm, perplexity, to_device, unigram_ppl
 from elmo_dist.train.guard import NonFiniteGuard, Verdict, nan_unless_finite
 from elmo_dist.train.lock import RunDirLock, own_run_dir
-from elmo_dist.train.metrics import MetricsLogger, log, setup_logging
+from elmo_dist.train.metrics import MetricsLogger, log, progress_bar, setup_logging
 from elmo_dist.train.optim import build_optimizer, lr_at
-from elmo_dist.train.resume import check_fits, check_layout, set_aside_unusable
+from elmo_dist.train.resume import check_fits, check_layout, finished_summary, set_aside_unusable
 from elmo_dist.train.stop import StopReason, StopRequest
 from elmo_dist.train.warm_start import warm_start
 
@@ -52,6 +53,9 @@ class Trainer:
         self.accelerator = acc = build_accelerator(cfg)
         setup_logging(acc.is_main_process)
         self.run_dir = Path(cfg.train.run_dir)
+        if same_file(self.run_dir, cfg.data.dir):
+            raise OutputError(f"{self.run_dir}: train.run_dir is data.dir; the run's vocab.txt and summary.json would "
+                              "replace the prepared corpus's. Choose another train.run_dir")
         self.lock = RunDirLock(self.run_dir)
         own_run_dir(self.lock, acc.is_main_process, self._broadcast)
         self.corpus = PreparedCorpus(cfg.data.dir, cfg.model.max_chars_per_token)
@@ -108,11 +112,36 @@ class Trainer:
         return model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
 
     def save(self) -> Path:
+        """Write the checkpoint of the current step (every rank takes part). DiskFull, before anything
+        is written, if the disk can't hold it, or after a write that failed for want of space; the
+        half-written checkpoint is removed and the older ones stay as they were."""
         acc, rank = self.accelerator, self.accelerator.process_index
         tmp = self.run_dir / "checkpoints" / f".tmp-step-{self.step}"
+        needed = ckpt.expected_bytes(self.run_dir, ckpt.tensor_bytes(self.model, self.optimizer, self.uses_deepspeed))
+        refusal = ckpt.room_for(self.run_dir, self.step, needed) if acc.is_main_process else None
+        refusal = self._broadcast(refusal)
+        if refusal:
+            raise DiskFull(refusal)
         if acc.is_main_process:
             tmp = ckpt.begin(self.run_dir, self.step)
         acc.wait_for_everyone()
+        try:
+            self._write_checkpoint(tmp, rank)
+        except Exception as e:
+            raise ckpt.failed_write(e, tmp, self.run_dir, self.step, needed) from None
+        acc.wait_for_everyone()
+        final = self.run_dir / "checkpoints" / f"step-{self.step}"
+        if acc.is_main_process:
+            try:
+                final = ckpt.commit(tmp, self.step, self.cfg.checkpoint.keep_last)
+            except Exception as e:
+                raise ckpt.failed_write(e, tmp, self.run_dir, self.step, needed) from None
+            log.info("saved checkpoint %s", final)
+        acc.wait_for_everyone()
+        return final
+
+    def _write_checkpoint(self, tmp: Path, rank: int) -> None:
+        acc = self.accelerator
         if self.uses_deepspeed:
             weights = acc.get_state_dict(self.model)  # every rank takes part: ZeRO-3 gathers the shards
             # ZeRO-partitioned weights and optimizer state, one file per rank
@@ -127,13 +156,6 @@ class Trainer:
             rng["cuda"] = torch.cuda.get_rng_state()
         lstm = [] if self.state is None else [t for d in self.state for h, c in d for t in (h, c)]
         ckpt.write_rank(tmp, rank, rng, lstm)
-        acc.wait_for_everyone()
-        final = self.run_dir / "checkpoints" / f"step-{self.step}"
-        if acc.is_main_process:
-            final = ckpt.commit(tmp, self.step, self.cfg.checkpoint.keep_last)
-            log.info("saved checkpoint %s", final)
-        acc.wait_for_everyone()
-        return final
 
     def _resume(self) -> None:
         if self.accelerator.is_main_process:
@@ -300,14 +322,6 @@ class Trainer:
         else:
             log.info(msg)
 
-    def _progress_bar(self):
-        mode = self.cfg.logging.progress
-        if not self.accelerator.is_main_process or mode == "lines" or (mode == "auto" and not sys.stderr.isatty()):
-            return None
-        from tqdm import tqdm
-
-        return tqdm(total=self.cfg.train.max_steps, initial=self.step, unit="step", dynamic_ncols=True)
-
     def _write_run_files(self) -> None:
         """The run directory describes itself for downstream use: config, vocabulary, tokenizer."""
         if not self.accelerator.is_main_process:
@@ -330,6 +344,8 @@ class Trainer:
 
     def _train(self, stopper: StopRequest | None) -> dict:
         cfg, acc = self.cfg, self.accelerator
+        if self.step >= cfg.train.max_steps:  # killed after its final checkpoint, before its summary
+            return self._finish(self.evaluate(), find_latest(self.run_dir), self.step, None)
         self._write_run_files()
         self.metrics.text("config", to_yaml(cfg), self.step)
         stop = min(cfg.train.max_steps, self.stop_at_step or cfg.train.max_steps)
@@ -356,7 +372,8 @@ class Trainer:
         """Steps until `stop` or a stop request, with logging, evaluation and checkpoints on the way;
         the last evaluation's result."""
         cfg, res = self.cfg, None
-        bar, window, t_window = self._progress_bar(), [], time.perf_counter()
+        bar = progress_bar(cfg.logging.progress, self.accelerator.is_main_process, cfg.train.max_steps, self.step)
+        window, t_window = [], time.perf_counter()
         while self.step < stop:
             window.append(self.train_step(self.next_batch()))
             if bar is not None:
@@ -379,28 +396,16 @@ class Trainer:
             bar.close()
         return res
 
-    def _ranks_in_sync(self) -> bool:
-        """Data parallelism must keep every rank's weights identical; check it once, at the end."""
-        acc = self.accelerator
-        if acc.num_processes == 1:
-            return True
-        params = [p.detach().double() for p in self.model.parameters()]
-        fingerprint = torch.stack([sum(p.sum() for p in params), sum(p.pow(2).sum() for p in params)])
-        gathered = acc.gather(fingerprint[None].to(acc.device)).view(acc.num_processes, 2)
-        same = bool((gathered == gathered[0]).all())
-        if not same:
-            log.error("ranks diverged: weight fingerprints %s", gathered.tolist())
-        return same
-
-    def _finish(self, res, path, start_step, seconds) -> dict:
+    def _finish(self, res, path, start_step, seconds: float | None) -> dict:
+        """Write and return the summary; `seconds` of training, None when no step ran."""
         acc = self.accelerator
         n = (self.step - start_step) * self.tokens_per_step
+        speed = n / max(seconds, 1e-9) if seconds is not None else None
         self.summary = {**(res or {}), "unigram_ppl": self.unigram, "steps": self.step, "tokens": self.tokens,
-                        "processes": acc.num_processes, "ranks_in_sync": self._ranks_in_sync(),
-                        "tokens_per_s": n / max(seconds, 1e-9), "train_ppl": self.last_train.get("train/ppl"),
+                        "processes": acc.num_processes, "ranks_in_sync": ranks_in_sync(acc, self.model),
+                        "tokens_per_s": speed, "train_ppl": self.last_train.get("train/ppl"),
                         "finished": self.step >= self.cfg.train.max_steps, "stopped": self.stop_reason,
-                        "checkpoint": str(path),
-                        "run_dir": str(self.run_dir)}
+                        "checkpoint": str(path), "run_dir": str(self.run_dir)}
         if acc.is_main_process:
             (self.run_dir / "summary.json").write_text(json.dumps(self.summary, indent=2))
         self.metrics.close()
@@ -412,8 +417,13 @@ def pretrain(cfg: Config, stop_at_step: int = 0, stopper: StopRequest | None = N
     """Train (or resume) a run: (its summary, whether this is the main process).
 
     summary["stopped"] is None when the run reached its step target, else why it stopped early
-    (a checkpoint was written; running it again resumes): see elmo_dist.train.stop.
+    (a checkpoint was written; running it again resumes): see elmo_dist.train.stop. A run that has
+    already reached train.max_steps is not touched: its saved summary comes back, with
+    "already_finished" set (a larger train.max_steps extends it instead).
     """
+    done = finished_summary(cfg)
+    if done is not None:  # run again as it was: nothing to do, and nothing in the run directory changes
+        return {**done, "already_finished": True}, int(os.environ.get("RANK", "0")) == 0
     trainer = Trainer(cfg, stop_at_step)
     summary = trainer.train(stopper)
     return summary, trainer.accelerator.is_main_process

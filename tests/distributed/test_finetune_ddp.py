@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import REPO, TINY_OVERRIDES, run_cli, write_order_task
+from conftest import REPO, TINY_OVERRIDES, finetune_f32_bounds, run_cli, write_order_task
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 # no dropout anywhere: the processes draw no random numbers that one process would draw differently
@@ -54,14 +54,17 @@ def test_two_processes_equal_one(mode, bilm, tmp_path):
     for variant, a in one["variants"].items():
         b = two["variants"][variant]
         assert b["best_epoch"] == a["best_epoch"]
+        wa = load_file(str(tmp_path / "one" / variant / "best.safetensors"))
+        wb = load_file(str(tmp_path / "two" / variant / "best.safetensors"))
+        # at most 3 epochs x 10 batches (97 documents, 10 a batch); finetune_f32_bounds says where they come from
+        atol, rtol = finetune_f32_bounds(bilm, wa, 30, variant, mode == "trainable", n_docs=97)
+        assert wa.keys() == wb.keys()
+        for name in wa:
+            torch.testing.assert_close(wb[name], wa[name], rtol=0, atol=atol, msg=name)
         for split in ("train", "test"):
             assert b[split]["accuracy"] == a[split]["accuracy"]
             assert b[split]["confusion_matrix"] == a[split]["confusion_matrix"]
-            assert b[split]["loss"] == pytest.approx(a[split]["loss"], rel=1e-4, abs=1e-6)
-        wa = load_file(str(tmp_path / "one" / variant / "best.safetensors"))
-        wb = load_file(str(tmp_path / "two" / variant / "best.safetensors"))
-        for name in wa:
-            torch.testing.assert_close(wb[name], wa[name], rtol=1e-4, atol=1e-5, msg=name)
+            assert b[split]["loss"] == pytest.approx(a[split]["loss"], rel=rtol, abs=0), (split, rtol)
     if mode == "cached":  # each process filled its own shard of every split's cache
         metas = [json.loads(p.read_text()) for p in (tmp_path / "two-cache").glob("*/meta.json")]
         assert len(metas) == 3 and all(len(m["shards"]) == 2 for m in metas)

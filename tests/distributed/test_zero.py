@@ -8,10 +8,9 @@ import subprocess
 import sys
 
 import pytest
-import torch
 from safetensors.torch import load_file
 
-from conftest import REPO, TINY_OVERRIDES, run_cli
+from conftest import REPO, TINY_OVERRIDES, adagrad_f32_atol, run_cli
 
 EXACT = ["model.softmax=full", "model.dropout=0", "train.max_steps=8", "train.eval_every=0", "checkpoint.every=4",
          "optim.name=adagrad", "optim.lr=0.2", "data.batch_size=8"]
@@ -36,10 +35,15 @@ def weights(run, step=8):
     return load_file(str(run / "checkpoints" / f"step-{step}" / "model.safetensors"))
 
 
-def assert_same(a, b, tol=1e-5):
+def assert_same(a, b, run=None):
+    """Bit for bit without `run`; else each weight within float32's rounding of 8 Adagrad steps (lr 0.2)
+    on 2 x 8 rows x 10 steps a step, summed in another order (ZeRO's flattened, partitioned buffers,
+    DeepSpeed's optimizer) than `run`'s, the plain DDP reference: adagrad_f32_atol from its accumulator."""
     assert a.keys() == b.keys()
+    atol = adagrad_f32_atol(run, 8, rows=16) if run is not None else {name: 0.0 for name in a}
     for name in a:
-        torch.testing.assert_close(b[name], a[name], rtol=1e-4, atol=tol, msg=name)
+        diff = (b[name] - a[name]).abs()
+        assert (diff <= atol[name]).all(), (name, float(diff.max()))
 
 
 @pytest.fixture(scope="module")
@@ -54,14 +58,14 @@ def ddp_reference(tmp_path_factory, grammar_corpus):
 def test_zero_matches_plain_data_parallel(tmp_path, grammar_corpus, ddp_reference, stage, extra):
     run = tmp_path / "z"
     torchrun2(*pretrain_args(run, grammar_corpus, f"dist.zero_stage={stage}", *extra))
-    assert_same(weights(ddp_reference), weights(run))
+    assert_same(weights(ddp_reference), weights(run), ddp_reference)
     summary = json.loads((run / "summary.json").read_text())
     assert summary["processes"] == 2 and summary["ranks_in_sync"] is True
     if stage == 3:  # export consolidates the fp32 master shards: the same weights as plain DDP's export
         run_cli("export", str(run), "--out", str(tmp_path / "z3"))
         run_cli("export", str(ddp_reference), "--out", str(tmp_path / "ddp"))
         assert_same(load_file(str(tmp_path / "ddp" / "model.safetensors")),
-                    load_file(str(tmp_path / "z3" / "model.safetensors")))
+                    load_file(str(tmp_path / "z3" / "model.safetensors")), ddp_reference)
         (tmp_path / "s.txt").write_text("the cat sees the fish .\n")
         run_cli("embed", str(tmp_path / "z3"), str(tmp_path / "s.txt"), str(tmp_path / "e.hdf5"))
         ev = run_cli("evaluate", str(tmp_path / "z3"), "--out", str(tmp_path / "ev"))
@@ -75,7 +79,7 @@ def test_zero2_resume_continues_identically(tmp_path, grammar_corpus):
     assert (tmp_path / "b" / "checkpoints" / "step-4" / "deepspeed").is_dir()
     resumed = torchrun2(*args)
     assert "resumed from" in resumed.stderr
-    assert_same(weights(tmp_path / "a"), weights(tmp_path / "b"), tol=0)
+    assert_same(weights(tmp_path / "a"), weights(tmp_path / "b"))  # the same processes and kernels: bit for bit
     # a ZeRO checkpoint is refused under another stage, with the way out in the message
     proc = torchrun2(*args, "train.max_steps=12", "dist.zero_stage=0", check=False)
     assert proc.returncode != 0 and "saved with ZeRO stage 2" in proc.stderr and "export" in proc.stderr

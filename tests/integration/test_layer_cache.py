@@ -30,12 +30,16 @@ def build(embedder, texts, root, max_tokens=50, logs=None):
 
 def test_the_cache_holds_what_the_live_biLM_gives(tiny_bilm, texts, tmp_path):
     elmo = Embedder.from_run(tiny_bilm, "cpu")
+    elmo.model.double()  # the cache's batches differ from this one: in float64 that costs ~1e-15, no more
     cache = build(elmo, texts, tmp_path)
     idx = [20, 3, 0, 40]
     got, mask = cache.batch(idx, "cpu")
     want, want_mask = elmo.layers([elmo.tokenize(texts[i])[:50] for i in idx])
-    assert torch.equal(mask, want_mask) and got.shape == want.shape
-    torch.testing.assert_close(got, want, rtol=1e-3, atol=1e-4)  # float16 rounding, nothing else
+    assert torch.equal(mask, want_mask) and got.shape == want.shape and want.dtype == torch.float64
+    # float16 rounding, nothing else: to nearest, within 2^-11 of the value (11 significant bits), or
+    # within 2^-25 where it is subnormal (below 2^-14); plus 2^-24 should the conversion pass through
+    # float32, and 1e-12 for the float64 batches' own rounding
+    torch.testing.assert_close(got.double(), want, rtol=2**-11 + 2**-24, atol=2**-25 + 1e-12)
 
 
 def test_documents_are_stored_at_their_own_length(tiny_bilm, texts, tmp_path):

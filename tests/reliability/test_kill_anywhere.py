@@ -1,6 +1,8 @@
 """Kill-anywhere determinism: a pretraining run SIGKILLed at random moments (some of them while a
 checkpoint is being written) and restarted with the same command until it finishes ends with the
-same weights as a run that was never interrupted: bit for bit on one process, within 1e-6 on two.
+same weights as a run that was never interrupted: bit for bit, on one process and on two (the same
+kernels on the same machine, and a 2-rank gloo all-reduce adds two values, a + b rounding as b + a
+does: nothing differs that could round differently).
 
 The kills are real SIGKILLs to the whole process group (torchrun and its workers alike), at a
 random delay after training started, or the moment a checkpoint's temporary directory appears.
@@ -110,8 +112,8 @@ PLANS = {1: ["timed"] * (8 if FULL else 5) + ["write"] * (4 if FULL else 3),
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("nproc,tolerance", [(1, 0.0), (2, 1e-6)])
-def test_killed_anywhere_and_restarted_equals_uninterrupted(tmp_path, grammar_corpus, nproc, tolerance):
+@pytest.mark.parametrize("nproc", [1, 2])
+def test_killed_anywhere_and_restarted_equals_uninterrupted(tmp_path, grammar_corpus, nproc):
     plan = PLANS[nproc]
     ref = tmp_path / "reference"
     subprocess.run(command(nproc, ref, grammar_corpus), env=ENV, check=True, capture_output=True, timeout=600)
@@ -123,4 +125,4 @@ def test_killed_anywhere_and_restarted_equals_uninterrupted(tmp_path, grammar_co
           f"({stats['during_write']} during a checkpoint write); max |w - w_uninterrupted| = {diff}")
     assert stats["kills"] >= len(plan) - 2, stats  # a kill may come too late only if the run had already ended
     assert stats["during_write"] >= 1, stats
-    assert diff <= tolerance
+    assert diff == 0.0

@@ -15,24 +15,9 @@ import pytest
 
 from elmo_dist import runs
 
-from conftest import REPO, TINY_OVERRIDES, run_cli, write_grammar_corpus, write_order_task
+from conftest import REPO, one_error_line, ppl_rtol, pretrain_args, run_cli, write_grammar_corpus, write_order_task
 
-DEBUG = str(REPO / "configs/debug.yaml")
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-
-
-def pretrain_args(run: Path, data: Path, *extra: str) -> list[str]:
-    return ["pretrain", DEBUG, f"data.dir={data}", f"train.run_dir={run}", *TINY_OVERRIDES, "train.eval_every=0",
-            *extra]
-
-
-def one_error_line(proc) -> str:
-    """The single `elmo-dist: error:` line of a refused command (and no traceback)."""
-    assert proc.returncode == 2, proc.stderr
-    assert "Traceback" not in proc.stderr, proc.stderr
-    errors = [line for line in proc.stderr.splitlines() if line.startswith("elmo-dist: error:")]
-    assert len(errors) == 1, proc.stderr
-    return errors[0]
 
 
 # 1. a loss spike -------------------------------------------------------------------------------
@@ -101,7 +86,11 @@ def test_held_out_perplexity_hardly_depends_on_the_lane_count(tmp_path, tiny_bil
     warm = evaluate("data.eval_batch_size=32")
     assert one["val_tokens"] == cold["val_tokens"] == warm["val_tokens"]
     assert cold["val_ppl"] > 1.01 * one["val_ppl"]  # the effect is there, and large enough to mislead
-    assert abs(warm["val_ppl"] / one["val_ppl"] - 1) < 1e-3, (warm["val_ppl"], one["val_ppl"])
+    # float32's rounding of batches of other shapes (ppl_rtol, over 32 lanes), plus the warm-up's own
+    # approximation of the lanes' context: 0.01% here, 5x that allowed (the cold lanes' 1.9% fail)
+    saved = runs.open_run(tiny_bilm)
+    float_part = ppl_rtol(one["val_ppl"], saved.config.model, 10, 32, len(saved.vocab()))
+    assert abs(warm["val_ppl"] / one["val_ppl"] - 1) < float_part + 5e-4, (warm["val_ppl"], one["val_ppl"])
     assert (warm["val_lanes"], warm["val_context_tokens"]) == (32, 200)  # the figure says how it was taken
 
 
@@ -181,7 +170,8 @@ def test_resuming_with_another_batch_size_restarts_the_lstm_state(tmp_path, gram
     run_cli(*pretrain_args(run, grammar_corpus, "train.max_steps=6", "checkpoint.every=3"))
     proc = run_cli(*pretrain_args(run, grammar_corpus, "train.max_steps=10", "data.batch_size=8"), check=False)
     assert proc.returncode == 0, proc.stderr
-    assert "1 process(es) x 16 rows on 1 x 8: the data position moves" in proc.stderr
+    assert "1 process(es) x 16 rows x 10-token windows on 1 x 8 x 10: it had read" in proc.stderr
+    assert "the LSTM state restarts" in proc.stderr
     assert json.loads((run / "summary.json").read_text())["steps"] == 10
 
 

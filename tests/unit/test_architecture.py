@@ -18,6 +18,7 @@ PACKAGE = REPO / "elmo_dist"
 # lowest first; parts on one line may not import each other
 LAYERS = [
     ["errors"],
+    ["files"],
     ["configlib"],
     ["config"],
     ["data"],

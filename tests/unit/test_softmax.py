@@ -8,6 +8,19 @@ import torch
 from elmo_dist.model.softmax import SharedSoftmax, log_uniform_log_q
 
 CPU = torch.device("cpu")
+EPS32 = torch.finfo(torch.float32).eps  # 1.19e-7: twice float32's unit roundoff u
+
+
+def nll_atol(h, sm, n_words, nll, log_count=None):
+    """How far two float32 computations of the same NLLs (or one and the exact value) may be apart (the
+    softmax casts its logits to float32, so there is no float64 path): on each side the dim-term
+    logits, less their log counts, are within (dim + 1) u S (S = the largest sum |h_k w_k| + |b| +
+    |log count|), which moves the true logit and the log-sum-exp alike, the log-sum-exp's sum of
+    n_words exponentials <= 1 is within n_words u relative, which the log makes absolute, and the
+    subtraction rounds by u |nll|; twice that between the two."""
+    s = float((h.abs() @ sm.weight.detach().abs().t() + sm.bias.detach().abs()).max())
+    s += 0.0 if log_count is None else float(log_count.abs().max())
+    return EPS32 * (2 * (h.shape[1] + 1) * s + n_words + float(nll.detach().abs().max()))
 
 
 def make(kind="sampled", v=50, dim=8, n_samples=20, seed=0, scale=1.0, cutoffs=None):
@@ -33,9 +46,10 @@ def test_sampled_equals_full_when_samples_cover_the_vocab(n_samples):
     assert ids.tolist() == list(range(50))
     assert torch.equal(log_count, torch.zeros(50))
     full = sm.full_nll(h, t)
-    assert torch.allclose(sm.train_nll(h, t, (ids, log_count)), full, atol=1e-5, rtol=0)
+    atol = nll_atol(h, sm, 50, full)
+    torch.testing.assert_close(sm.train_nll(h, t, (ids, log_count)), full, rtol=0, atol=atol)
     want = torch.nn.functional.cross_entropy(h @ sm.weight.t() + sm.bias, t, reduction="none")
-    assert torch.allclose(full, want, atol=1e-5)
+    torch.testing.assert_close(full, want, rtol=0, atol=atol)
 
 
 def test_full_kind_trains_on_the_full_softmax():
@@ -51,7 +65,9 @@ def test_full_nll_in_blocks_of_rows_and_words_equals_cross_entropy():
     want = torch.nn.functional.cross_entropy(h @ sm.weight.t() + sm.bias, t, reduction="none")
     for max_elements, block in ((2**22, 16384), (48, 16), (7, 7), (1, 1)):  # one block; 3 rows x 16 words; ...
         got = sm.full_nll(h, t, max_elements=max_elements, vocab_block=block)
-        assert torch.allclose(got, want, atol=1e-5), (max_elements, block)
+        # the blocks' log-sum-exps are folded with logaddexp: a rounding more per block, <= 50 of them
+        torch.testing.assert_close(got, want, rtol=0, atol=nll_atol(h, sm, 50 + 50, want),
+                                   msg=str((max_elements, block)))
     assert sm.full_nll(h[:0], t[:0]).shape == (0,)
 
 
@@ -87,7 +103,7 @@ def test_sampled_loss_by_hand_with_accidental_hits_removed():
         neg = [logits[r, k] - lc for k, lc in zip(ids.tolist(), log_count) if k != t[r].item()]
         assert len(neg) == (4 if r == 0 else 5)
         want = torch.logsumexp(torch.stack([logits[r, t[r]]] + neg), 0) - logits[r, t[r]]
-        assert torch.allclose(got[r], want, atol=1e-5)
+        torch.testing.assert_close(got[r], want, rtol=0, atol=nll_atol(h, sm, 6, got, log_count))
 
 
 def test_log_count_is_log_n_samples_times_q():
@@ -96,16 +112,23 @@ def test_log_count_is_log_n_samples_times_q():
     ids, log_count = sm.sample(CPU)
     assert ids.shape == log_count.shape == (64,)
     assert ids.dtype == torch.int64
-    want = torch.tensor([math.log(64 * q_exact(k, 1000)) for k in ids.tolist()])
-    assert torch.allclose(log_count, want, atol=1e-5)
-    assert torch.allclose(log_uniform_log_q(torch.tensor([0, 1, 998, 999]), 1000).exp(),
-                          torch.tensor([q_exact(k, 1000) for k in (0, 1, 998, 999)]), rtol=1e-5)
+    want = torch.tensor([math.log(64 * q_exact(k, 1000)) for k in ids.tolist()], dtype=torch.float64)
+    # log q is computed in float64 and rounded to float32 once (u |log q|), log 64 added in float32
+    # (u |log count|): within EPS32 x (|log q| + |log count|), about 2e-6
+    log_q = log_uniform_log_q(ids, 1000)
+    assert (log_count.double() - want).abs().le(EPS32 * (log_q.abs() + log_count.abs()).double()).all()
+    # exp turns log q's rounding (u |log q|) into a relative error of q
+    got = log_uniform_log_q(torch.tensor([0, 1, 998, 999]), 1000).double()
+    exact = torch.tensor([q_exact(k, 1000) for k in (0, 1, 998, 999)], dtype=torch.float64)
+    torch.testing.assert_close(got.exp(), exact, rtol=EPS32 * float(got.abs().max()), atol=0)
 
 
 def test_q_sums_to_one():
     for v in (10, 1000, 793471):
-        q = log_uniform_log_q(torch.arange(v), v).double().exp()
-        assert abs(q.sum().item() - 1) < 1e-4
+        log_q = log_uniform_log_q(torch.arange(v), v)
+        q = log_q.double().exp()
+        # the telescoping sum is exactly 1; each q carries log q's float32 rounding, a relative u |log q|
+        assert abs(q.sum().item() - 1) < EPS32 * float(log_q.abs().max())
 
 
 def test_log_uniform_sampler_frequencies():
@@ -143,8 +166,10 @@ def partition_estimates(sm, h, t, draws):
         neg = neg.masked_fill(ids[None, :] == t[:, None], float("-inf"))
         z_hat = true.exp() + neg.exp().sum(1)
         # train_nll is log(z_hat) - true logit, for the very same negatives
-        if len(out) < 20:
-            assert torch.allclose(sm.train_nll(h, t, (ids, log_count)).double(), z_hat.log() - true, atol=1e-4)
+        if len(out) < 20:  # float32 against float64, over the true word and n_samples negatives
+            got = sm.train_nll(h, t, (ids, log_count))
+            torch.testing.assert_close(got.double(), z_hat.log() - true, rtol=0,
+                                       atol=nll_atol(h, sm, 1 + len(ids), got, log_count))
         out.append(z_hat)
     return torch.stack(out), logits.exp().sum(1)
 
@@ -183,17 +208,19 @@ def test_uncorrected_estimate_is_biased():
 
 @pytest.mark.parametrize("v, cutoffs", [(50, [10, 30]), (50, [2000, 10000]), (120, [20, 60, 100])])
 def test_adaptive_log_prob_is_a_distribution(v, cutoffs):
-    sm = make("adaptive", v=v, dim=64, cutoffs=cutoffs)
-    h = torch.randn(13, 64)
+    # in float64 (the adaptive softmax keeps its input's dtype): 1.1e-16 x ~V + 2 x 64 terms is ~1e-13;
+    # 1e-10 fails on a float32 rounding (~1e-7) or any missing term
+    sm = make("adaptive", v=v, dim=64, cutoffs=cutoffs).double()
+    h = torch.randn(13, 64, dtype=torch.float64)
     logp = sm.adaptive.log_prob(h)
-    assert logp.shape == (13, v)
-    assert torch.allclose(logp.exp().sum(1), torch.ones(13), atol=1e-5)
+    assert logp.shape == (13, v) and logp.dtype == torch.float64
+    torch.testing.assert_close(logp.exp().sum(1), torch.ones(13, dtype=torch.float64), rtol=0, atol=1e-10)
     t = torch.randint(0, v, (13,))
     nll = sm.full_nll(h, t)
-    assert torch.allclose(nll, -logp[torch.arange(13), t], atol=1e-6)
+    torch.testing.assert_close(nll, -logp[torch.arange(13), t], rtol=0, atol=1e-10)
     assert (nll > 0).all()
     # training on the adaptive softmax is exact: the same NLL
-    assert torch.allclose(sm.train_nll(h, t), nll, atol=1e-5)
+    torch.testing.assert_close(sm.train_nll(h, t), nll, rtol=0, atol=1e-10)
 
 
 def test_adaptive_cutoffs_beyond_the_vocab_fall_back_to_half():
