@@ -50,7 +50,7 @@ test: $(VENV)/.dev-installed
 	$(BIN)/python -m compileall -q elmo_dist benchmarks
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest tests -n $(TEST_JOBS) --dist loadfile --no-loadscope-reorder --durations=25
 
-# `make bench`: the CPU figures of README, Performance; JSON in benchmarks/results/
+# `make bench`: the CPU figures of docs/performance.md, as JSON in benchmarks/results/
 BENCH := benchmarks/results
 bench: $(VENV)/.dev-installed
 	$(BIN)/python -m benchmarks.bench_pretrain --flavour debug --batch-size 128 --compare-naive --out $(BENCH)/pretrain-debug-cpu.json

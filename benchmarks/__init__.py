@@ -1,2 +1,2 @@
 """Benchmarks that print figures (never timed tests): `python -m benchmarks.bench_pretrain`,
-`benchmarks.bench_prepare`, `benchmarks.bench_dist`, or `make bench`. See README, Performance."""
+`benchmarks.bench_prepare`, `benchmarks.bench_dist`, or `make bench`. See docs/performance.md."""

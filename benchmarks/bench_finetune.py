@@ -62,15 +62,15 @@ def untrained_demo_bilm(out: Path) -> Path:
     """An export directory holding a freshly initialised biLM of the demo's size."""
     import torch
 
-    from elmo_dist.config import Config, load_config
+    from elmo_dist.config import PretrainConfig, load
     from elmo_dist.data.vocab import SPECIALS, Vocabulary
     from elmo_dist.model import build_bilm
-    from elmo_dist.runs import write_export
+    from elmo_dist.runtime.checkpoint import write_export
 
-    cfg = load_config(REPO / "configs/demo.yaml")
+    cfg = load(PretrainConfig, REPO / "configs/demo.yaml")
     torch.manual_seed(0)
     model = build_bilm(cfg.model, len(SPECIALS))
-    write_export(out, model.state_dict(), Config(model=cfg.model), {"source": "bench_finetune", "step": 0},
+    write_export(out, model.state_dict(), PretrainConfig(model=cfg.model), {"source": "bench_finetune", "step": 0},
                  vocab=Vocabulary(list(SPECIALS)))
     return out
 
@@ -105,13 +105,14 @@ class RssAnonPeak:
 
 
 def child(csv: str, bilm: str, work: str, batch_size: int) -> dict:
-    from elmo_dist.classify.data import build_splits, label_index
+    from elmo_dist.classify.documents import build_splits, label_index
     from elmo_dist.classify.finetune import layer_sources
     from elmo_dist.classify.variant import VariantRun
-    from elmo_dist.config import load_finetune_config
+    from elmo_dist.config import FinetuneConfig, load
     from elmo_dist.embedder import Embedder
+    from elmo_dist.runtime.accel import build_accelerator
 
-    cfg = load_finetune_config(REPO / "configs/finetune.yaml", [
+    cfg = load(FinetuneConfig, REPO / "configs/finetune.yaml", [
         f"bilm.path={bilm}", f"data.train={csv}", "data.format=agnews", "data.max_tokens=100", "variants=[frozen]",
         "train.epochs=1", "baseline=false", "train.device=cpu", f"bilm.cache_dir={work}/cache",
         f"train.run_dir={work}/run", f"train.batch_size={batch_size}"])
@@ -124,11 +125,12 @@ def child(csv: str, bilm: str, work: str, batch_size: int) -> dict:
         index = label_index(splits.labels)
         y = {s: np.array([index[ex.label] for ex in getattr(splits, s)]) for s in ("train", "valid", "test")}
         t0 = time.perf_counter()
-        sources = layer_sources(cfg, embedder, splits, Path(work) / "run")
+        acc = build_accelerator("cpu", cfg.dist)
+        sources = layer_sources(cfg, embedder, splits, Path(work) / "run", acc)
         cache_s = time.perf_counter() - t0
         out = Path(work) / "run" / "frozen"
         out.mkdir(parents=True, exist_ok=True)
-        run = VariantRun("frozen", cfg, embedder, sources, y, splits.labels, out)
+        run = VariantRun("frozen", cfg, embedder, sources, y, splits.labels, out, acc)
         t0 = time.perf_counter()
         run.train_epoch()
         epoch_s = time.perf_counter() - t0

@@ -57,7 +57,7 @@ def parse_args(argv=None):
 
 
 def build_trainer(args, work: Path):
-    from elmo_dist.config import load_config
+    from elmo_dist.config import PretrainConfig, load
     from elmo_dist.data.prepare import PrepareOptions, prepare
     from elmo_dist.train.trainer import Trainer
 
@@ -68,7 +68,7 @@ def build_trainer(args, work: Path):
                  f"train.device={args.device}", "train.eval_every=0", "checkpoint.every=0", "train.max_steps=1000000",
                  "logging.tensorboard=false", "logging.progress=lines", "logging.log_every=1000000",
                  f"dist.mixed_precision={'no' if args.precision == 'fp32' else args.precision}", *args.set]
-    return Trainer(load_config(None, overrides))
+    return Trainer(load(PretrainConfig, None, overrides))
 
 
 def _timed(fn, steps: int, device: str) -> float:

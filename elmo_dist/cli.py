@@ -55,6 +55,9 @@ def _add_run_parsers(sub) -> None:
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.max_steps=100")
     p.add_argument("--stop-at-step", type=int, default=0,
                    help="checkpoint and stop at this step without changing the run's schedule (resume later)")
+    p.add_argument("--requeue", action="store_true",
+                   help="inside a Slurm batch job (slurm/pretrain.sh): after an early stop (preemption warning, "
+                        "time limit) requeue the job, which resumes from the checkpoint (up to slurm.max_requeues)")
     e = sub.add_parser("evaluate", help="held-out perplexity of a run or checkpoint",
                        description="Exact full-softmax held-out perplexity (fwd, bwd, mean) and the unigram baseline.")
     e.add_argument("checkpoint", help="a run directory (its newest checkpoint) or a checkpoints/step-N directory")
@@ -147,13 +150,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_prepare(args) -> int:
-    from elmo_dist.data.prepare import PrepareOptions, prepare
+    from elmo_dist import commands
+    from elmo_dist.data.prepare import PrepareOptions
 
     opts = PrepareOptions(inputs=args.inputs, out=args.out, tokenizer=args.tokenizer, lowercase=args.lowercase,
                           min_count=args.min_count, max_size=args.max_size, heldout_fraction=args.heldout_fraction,
                           heldout_files=args.heldout, shard_tokens=args.shard_tokens, max_types=args.max_types,
                           seed=args.seed)
-    m = prepare(opts)
+    m = commands.prepare(opts)
     tr, ho = m["splits"]["train"], m["splits"]["heldout"]
     print(f"prepared {m['lines']:,} lines -> {tr['words']:,} train / {ho['words']:,} held-out words, "
           f"vocab {m['vocab_size']:,}, OOV rate {tr['oov_words'] / max(tr['words'], 1):.2%}")
@@ -178,18 +182,25 @@ def _print_ppl(summary: dict) -> None:
 
 
 def cmd_pretrain(args) -> int:
-    from elmo_dist.config import load_config
+    from elmo_dist import commands
+    from elmo_dist.config import PretrainConfig, load
 
-    cfg = load_config(args.config, args.overrides)  # before importing torch: a config error comes at once
-    from elmo_dist.train.stop import StopReason, StopRequest, under_elastic_agent
-    from elmo_dist.train.trainer import pretrain
+    cfg = load(PretrainConfig, args.config, args.overrides)  # before importing torch: a config error comes at once
+    from elmo_dist.runtime.stop import StopReason, StopRequest, under_elastic_agent
 
     stopper = args.stopper.configure(cfg.train.stop_signals, cfg.train.deadline_margin_s)
-    summary, is_main = pretrain(cfg, stop_at_step=args.stop_at_step, stopper=stopper)
-    stopper.ignore()
-    # every rank exits with the same status, so srun reports the early stop too
+    summary, is_main = commands.pretrain(cfg, stopper, args.stop_at_step)
     reason = None if summary["finished"] else summary["stopped"]
-    status = StopRequest.exit_status(reason)
+    status = StopRequest.exit_status(reason)  # every rank exits with it, so srun reports the stop too
+    if reason is not None and args.requeue:
+        from elmo_dist.launch.requeue import RequeueRefused, requeue_after_stop, slurm_restarts
+
+        try:  # requeued: does not return
+            requeue_after_stop(summary, stopper, cfg.slurm.max_requeues, slurm_restarts(), is_main=is_main)
+        except RequeueRefused as e:
+            print(f"elmo-dist: {e}", file=sys.stderr)
+            return status
+    stopper.ignore()
     if not is_main:  # rank 0 reports
         return status
     if summary.get("already_finished"):
@@ -212,9 +223,9 @@ def cmd_pretrain(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    from elmo_dist.train.evaluate import evaluate_checkpoint
+    from elmo_dist import commands
 
-    summary = evaluate_checkpoint(args.checkpoint, args.overrides, args.out)
+    summary = commands.evaluate(args.checkpoint, args.overrides, args.out)
     for warning in summary["warnings"]:
         print(f"elmo-dist: warning: {warning}", file=sys.stderr)
     _print_ppl(summary)
@@ -223,25 +234,24 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from elmo_dist.train.export import export_run
+    from elmo_dist import commands
 
-    res = export_run(args.run, args.out)
+    res = commands.export(args.run, args.out)
     print(f"exported step {res['step']} of {res['source']} -> {res['out']}")
     return 0
 
 
 def cmd_finetune(args) -> int:
-    from elmo_dist.config import load_finetune_config, single_variant
+    from elmo_dist import commands
+    from elmo_dist.config import FinetuneConfig, load, single_variant
 
-    cfg = load_finetune_config(args.config, args.overrides)  # before importing torch and scikit-learn
-    from elmo_dist.classify.finetune import finetune
-
-    finetune(single_variant(cfg, args.variant) if args.variant is not None else cfg)
+    cfg = load(FinetuneConfig, args.config, args.overrides)  # before importing torch and scikit-learn
+    commands.finetune(single_variant(cfg, args.variant) if args.variant is not None else cfg)
     return 0
 
 
 def cmd_embed(args) -> int:
-    from elmo_dist.embedder import embed_file
+    from elmo_dist import commands
 
     weights = None
     if args.weights:
@@ -249,17 +259,17 @@ def cmd_embed(args) -> int:
             weights = [float(w) for w in args.weights.split(",")]
         except ValueError:
             raise UserError(f"--weights '{args.weights}' is not a comma-separated list of numbers") from None
-    res = embed_file(args.run, args.input, args.output, weights, args.batch_size, args.device,
-                     args.sentence_boundaries)
+    res = commands.embed(args.run, args.input, args.output, weights, args.batch_size, args.device,
+                         args.sentence_boundaries)
     print(f"embedded {res['sentences']:,} sentences ({res['skipped_empty']} empty lines skipped), "
           f"{res['layers']} layers x {res['dim']} dims -> {res['out']}")
     return 0
 
 
 def cmd_import_elmo(args) -> int:
-    from elmo_dist.interop.elmo_hdf5 import import_elmo
+    from elmo_dist import commands
 
-    res = import_elmo(args.options, args.weights, args.out, args.vocab, args.softmax)
+    res = commands.import_elmo(args.options, args.weights, args.out, args.vocab, args.softmax)
     softmax = (f"softmax over {res['vocab']:,} words" if res["softmax"]
                else "no softmax (train one with train.init_from)")
     print(f"imported {res['parameters']:,} parameters, {softmax} -> {res['out']}")
@@ -267,9 +277,9 @@ def cmd_import_elmo(args) -> int:
 
 
 def cmd_export_elmo(args) -> int:
-    from elmo_dist.interop.elmo_hdf5 import export_elmo
+    from elmo_dist import commands
 
-    res = export_elmo(args.run, args.out)
+    res = commands.export_elmo(args.run, args.out)
     for warning in res["warnings"]:
         print(f"elmo-dist: warning: {warning}", file=sys.stderr)
     extra = " + softmax.hdf5, vocab.txt" if res["softmax"] else ""
@@ -315,12 +325,11 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(_slurm_flags(sys.argv[1:] if argv is None else list(argv)))
     if args.command == "pretrain":
         from elmo_dist.config import TrainConfig
-        from elmo_dist.train.stop import StopRequest, stop_when_parent_dies, under_elastic_agent
+        from elmo_dist.runtime.stop import stop_request
 
-        # owned for the whole command (and never handed back): see StopRequest.listen
-        args.stopper = StopRequest(TrainConfig().stop_signals).listen()
-        if under_elastic_agent():  # not an orphan that trains on when torchrun dies
-            stop_when_parent_dies()
+        # the command's one stop-signal owner, from the first instant (its config is not read yet: the
+        # defaults until then); owned for the whole command and never handed back (see StopRequest.listen)
+        args.stopper = stop_request(TrainConfig().stop_signals)
     if args.command in ("pretrain", "finetune"):
         from elmo_dist.launch.slurm_env import export_slurm_env
 

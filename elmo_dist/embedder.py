@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from elmo_dist.config import Config
+from elmo_dist.config import PretrainConfig
 from elmo_dist.data.batching import trim_chars
 from elmo_dist.data.char_ids import BOS_TOKEN, EOS_TOKEN, char_id_table
 from elmo_dist.data.tokenize import build_tokenizer
@@ -35,8 +35,8 @@ class Embedder:
     state at w1 has not seen `<S>`).
     """
 
-    def __init__(self, model, vocab: Vocabulary, cfg: Config, device: str = "cpu", corpus_options: dict | None = None,
-                 sentence_boundaries: bool = True):
+    def __init__(self, model, vocab: Vocabulary, cfg: PretrainConfig, device: str = "cpu",
+                 corpus_options: dict | None = None, sentence_boundaries: bool = True):
         self.model, self.vocab, self.cfg = model.to(device).eval(), vocab, cfg
         self.device = torch.device(device)
         self.sentence_boundaries = sentence_boundaries

@@ -1,4 +1,5 @@
-"""The one place that reads saved runs: resolve a path, then load what it holds.
+"""The one place that reads saved runs: resolve a path, then load what it holds. It writes nothing
+(the writing side is elmo_dist.runtime.checkpoint).
 
     from elmo_dist.runs import open_run
     saved = open_run("runs/debug")        # a run directory means its newest complete checkpoint
@@ -16,7 +17,7 @@ Every layout elmo-dist writes is accepted wherever a command takes a run:
   and whether a softmax came along.
 
 A checkpoint counts only when its `COMPLETE` marker lists every file with the right sha256
-(train/checkpoint.py writes it last); a damaged newest one gives way to the one before it.
+(elmo_dist.runtime.checkpoint writes it last); a damaged newest one gives way to the one before it.
 
 Torch only: nothing here imports Accelerate, DeepSpeed or submitit, so code that only embeds text
 stays light. Untrusted files are never unpickled: weights are safetensors, other tensor files load
@@ -28,25 +29,23 @@ import hashlib
 import json
 import os
 import re
-import shutil
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
-from elmo_dist.config import Config, ModelConfig, load_config, save_config
+from elmo_dist.config import ModelConfig, PretrainConfig, load
 from elmo_dist.data.vocab import Vocabulary
 from elmo_dist.errors import CheckpointError, ConfigError
-from elmo_dist.files import disk_full, looks_full, remove
 from elmo_dist.model import BiLM, build_bilm
 
 COMPLETE = "COMPLETE"
 EXPORT_META = "export.json"
 WEIGHTS = "model.safetensors"
 STEP_DIR = re.compile(r"^step-(\d+)$")
-# what an export or import directory holds (`write_export`)
+# what an export or import directory holds (elmo_dist.runtime.checkpoint.write_export)
 EXPORT_FILES = (WEIGHTS, f".{WEIGHTS}.tmp", "config.yaml", "vocab.txt", "vocab.counts.npy", "corpus.json", EXPORT_META)
 
 
@@ -248,7 +247,7 @@ class SavedRun:
     """The directory with `vocab.txt` and `corpus.json`: the run directory, or `path` itself."""
     kind: str
     """checkpoint | export | import."""
-    config: Config
+    config: PretrainConfig
     step: int
     has_softmax: bool
     """False only for an import made without a softmax (the ELMo format has none)."""
@@ -313,7 +312,7 @@ def open_run(path: str | Path) -> SavedRun:
         kind, home, softmax = "checkpoint", found.parent.parent, True
         step = int(_json(pinned, "trainer_state.json")["step"])
     try:
-        cfg = load_config(found / "config.yaml", text=pinned.text("config.yaml"))
+        cfg = load(PretrainConfig, found / "config.yaml", text=pinned.text("config.yaml"))
     except FileNotFoundError:
         raise CheckpointError(f"{found / 'config.yaml'}: missing") from None
     except ConfigError as e:
@@ -328,43 +327,6 @@ def load_weights(path: Path, name: str = WEIGHTS, source: str | None = None) -> 
         return load_file(source or str(path / name))
     except Exception as e:  # safetensors raises several error types for foreign files
         raise CheckpointError(f"{path / name}: not a safetensors weight file ({e})") from None
-
-
-def write_weights(directory: Path, state_dict: dict, name: str = WEIGHTS) -> None:
-    """Save a state dict as safetensors, floating-point tensors as fp32 (whatever the training precision)."""
-    tensors = {k: v.detach().to("cpu", torch.float32 if v.is_floating_point() else v.dtype).contiguous()
-               for k, v in state_dict.items()}
-    save_file(tensors, str(directory / name))
-
-
-def write_export(out: Path, weights: dict, cfg: Config, meta: dict, home: Path | None = None,
-                 vocab: Vocabulary | None = None) -> Path:
-    """Write the export layout: weights, config, the vocabulary and tokenizer record (copied from a
-    run's `home`, or `vocab` saved), then `export.json` last, since its presence makes the directory
-    an export that other commands accept. A full disk is one DiskFull line, and the weights'
-    temporary file is removed."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / EXPORT_META).unlink(missing_ok=True)  # incomplete until rewritten below
-    tmp = out / f".{WEIGHTS}.tmp"
-    try:
-        write_weights(out, weights, name=tmp.name)
-        tmp.replace(out / WEIGHTS)
-        save_config(cfg, out / "config.yaml")
-        for name in ("vocab.txt", "vocab.counts.npy", "corpus.json"):
-            src = home / name if home is not None else None
-            if src is not None and src.is_file() and src.resolve() != (out / name).resolve():
-                shutil.copyfile(src, out / name)
-        if vocab is not None:
-            vocab.save(out / "vocab.txt")
-        (out / EXPORT_META).write_text(json.dumps(meta, indent=1))
-    except Exception as e:
-        remove(tmp, out / EXPORT_META)
-        needed = sum(4 * v.numel() for v in weights.values())
-        if looks_full(e, out, needed):
-            raise disk_full(out, "the export", needed) from None
-        raise
-    return out
 
 
 def load_tensors(path: Path):

@@ -40,9 +40,7 @@ if [ -n "${SLURM_ARRAY_TASK_ID:-}" ]; then
     variant=(--variant "${SLURM_ARRAY_TASK_ID}")
 fi
 echo "elmo-dist: job ${SLURM_JOB_ID} on ${SLURM_JOB_NODELIST}${SLURM_ARRAY_TASK_ID:+, array task ${SLURM_ARRAY_TASK_ID}}"
-# one thread pool per task, sized to its CPUs (left alone, each process would claim every core)
-export OMP_NUM_THREADS="${OMP_NUM_THREADS:-${SLURM_CPUS_PER_TASK:-1}}"
-# srun starts one `elmo-dist finetune` per task; each takes its rank from SLURM_PROCID and forms the
-# process group with the others (rendezvous on the first node, a port from the job id)
+# srun starts one `elmo-dist finetune` per task; each takes its rank, the rendezvous (the first node, a
+# port from the job id) and its thread count from Slurm (elmo_dist.launch.slurm_env)
 read -r -a cli <<< "${ELMO_DIST:-elmo-dist}"
 exec srun --kill-on-bad-exit=1 "${cli[@]}" finetune "$@" "${variant[@]}"

@@ -20,27 +20,17 @@ REPO = Path(__file__).resolve().parent.parent
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-# The slowest test files, slowest first (serial wall time). `make test` runs each file whole on one of
-# two workers (pytest -n 2 --dist loadfile --no-loadscope-reorder), handing out files in collection
-# order: starting the long ones first keeps one worker from being left alone with a long file at the end.
-# A stale list costs only time.
-SLOWEST_FIRST = [
-    "tests/distributed/test_ddp.py", "tests/reliability/test_kill_anywhere.py", "tests/slurm/test_slurm.py",
-    "tests/distributed/test_zero.py", "tests/reliability/test_real_run_faults.py",
-    "tests/reliability/test_output_faults.py", "tests/reliability/test_finetune_faults.py",
-    "tests/reliability/test_text_faults.py",
-    "tests/integration/test_benchmarks.py", "tests/integration/test_submit_local.py",
-    "tests/integration/test_run_layouts.py", "tests/reliability/test_bad_input.py",
-    "tests/integration/test_finetune.py", "tests/reliability/test_nan_guard.py",
-    "tests/integration/test_finetune_options.py", "tests/interop/test_elmo_format.py",
-    "tests/integration/test_pretrain.py", "tests/distributed/test_finetune_ddp.py",
-    "tests/reliability/test_security.py",
-]
-
-
 def pytest_collection_modifyitems(items):
-    rank = {path: i for i, path in enumerate(SLOWEST_FIRST)}
-    items.sort(key=lambda item: rank.get(item.nodeid.split("::")[0], len(rank)))  # stable: the rest keep their order
+    """The slowest files first. `make test` runs each file whole on one of two workers (pytest -n 2
+    --dist loadfile --no-loadscope-reorder), handing out files in collection order: starting the long
+    ones first keeps one worker from being left alone with a long file at the end. A slow file says
+    so itself, `pytestmark = pytest.mark.slow(seconds=N)` (its serial time, measured); a stale
+    figure costs only time."""
+    seconds: dict[str, float] = {}
+    for item in items:
+        mark = next((m for m in item.iter_markers("slow") if "seconds" in m.kwargs), None)
+        seconds[item.fspath] = max(seconds.get(item.fspath, 0), mark.kwargs["seconds"] if mark else 0)
+    items.sort(key=lambda item: -seconds[item.fspath])  # stable: files stay whole and in order among equals
 
 
 def write_grammar_corpus(path: Path, n_lines: int, seed: int = 0) -> Path:
@@ -178,6 +168,15 @@ def finetune_f32_bounds(bilm_run: Path, weights: dict, steps: int, variant: str,
     rms = math.sqrt(sum(float(w.double().pow(2).sum()) for w in weights.values())
                     / sum(w.numel() for w in weights.values()))
     return atol, atol / rms + EPS32 * (bilm + head + n_docs)
+
+
+def best_weights(variant_dir: Path) -> dict:
+    """A fine-tuned variant's best weights: its newest (only) checkpoint's model.safetensors."""
+    from safetensors.torch import load_file
+
+    from elmo_dist.runs import find_latest
+
+    return load_file(str(find_latest(variant_dir) / "model.safetensors"))
 
 
 def pretrain_args(run: Path, data: Path, *extra: str) -> list[str]:

@@ -32,8 +32,8 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from elmo_dist.classify.group import Group
 from elmo_dist.embedder import Embedder
+from elmo_dist.runtime.accel import broadcast, gather, share
 
 CACHE_FORMAT = 1
 META = "meta.json"
@@ -155,27 +155,27 @@ def finish(directory: Path, final: Path, key: str, shards: list[dict], embedder:
 
 
 def open_or_build(embedder: Embedder, texts: Sequence[str], tokens: Callable[[int], list[str]], max_tokens: int,
-                  root: Path, batch_size: int, weights: str, log=None, group: Group | None = None) -> LayerCache:
+                  root: Path, batch_size: int, weights: str, acc, log=None) -> LayerCache:
     """The complete cache for these documents, from disk if it exists, else built now: with several
-    processes each fills the shard of its own share of the documents (the main one decides and
-    finishes)."""
-    group = group or Group()
+    processes (`acc`, the run's Accelerator) each fills the shard of its own share of the documents
+    (the main one decides and finishes)."""
     key = cache_key(embedder, texts, max_tokens, weights)
     final = Path(root) / key
-    if group.broadcast((final / META).is_file()):
+    if broadcast(acc, (final / META).is_file()):
         if log:
             log(f"reusing the layer cache {final} ({len(texts):,} documents)")
         return LayerCache(final)
-    partial = Path(root) / group.broadcast(f"{key}.partial-{os.getpid()}")
-    if group.is_main:
+    partial = Path(root) / broadcast(acc, f"{key}.partial-{os.getpid()}")
+    if acc.is_main_process:
         if final.exists():  # a cache only ever appears complete (renamed into place): this one was damaged
             shutil.rmtree(final)
         shutil.rmtree(partial, ignore_errors=True)
         partial.mkdir(parents=True)
-    group.barrier()
-    shard = fill_shard(embedder, tokens, group.share(len(texts)), partial, group.rank, batch_size, group.is_main)
-    shards = group.gather(shard)
-    if group.is_main:
+    acc.wait_for_everyone()
+    shard = fill_shard(embedder, tokens, share(acc, len(texts)), partial, acc.process_index, batch_size,
+                       acc.is_main_process)
+    shards = gather(acc, shard)
+    if acc.is_main_process:
         finish(partial, final, key, shards, embedder, len(texts))
-    group.barrier()
+    acc.wait_for_everyone()
     return LayerCache(final)

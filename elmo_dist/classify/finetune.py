@@ -26,17 +26,17 @@ from typing import Callable
 import numpy as np
 import torch
 
-from elmo_dist import configlib
 from elmo_dist.classify import report
 from elmo_dist.classify.cache import open_or_build, weights_digest
-from elmo_dist.classify.data import Splits, build_splits, label_index
-from elmo_dist.classify.group import Group
+from elmo_dist.classify.documents import Splits, build_splits, label_index
 from elmo_dist.classify.variant import VariantRun
 from elmo_dist.config import FinetuneConfig
+from elmo_dist.config import base as config_base
 from elmo_dist.embedder import Embedder
 from elmo_dist.files import refuse_overwrite
-from elmo_dist.train.lock import RunDirLock, own_run_dir
-from elmo_dist.train.metrics import log, setup_logging
+from elmo_dist.runtime.accel import broadcast, build_accelerator, shut_down
+from elmo_dist.runtime.lock import RunDirLock, own_run_dir
+from elmo_dist.runtime.logs import log, setup_logging
 
 
 class LiveLayers:
@@ -73,8 +73,7 @@ def _cache_root(cfg: FinetuneConfig, embedder: Embedder, run_dir: Path) -> Path:
     return run_dir / "layer_cache"
 
 
-def layer_sources(cfg: FinetuneConfig, embedder: Embedder, splits: Splits, run_dir: Path,
-                  group: Group | None = None) -> dict:
+def layer_sources(cfg: FinetuneConfig, embedder: Embedder, splits: Splits, run_dir: Path, acc) -> dict:
     """Per split, where the classifier's batches of layers come from: the on-disk cache of a frozen
     biLM (built on first use), or the live biLM."""
     tokens = _doc_tokens(embedder, cfg.data.max_tokens)
@@ -84,19 +83,10 @@ def layer_sources(cfg: FinetuneConfig, embedder: Embedder, splits: Splits, run_d
     root, weights = _cache_root(cfg, embedder, run_dir), weights_digest(embedder.model)
     t0 = time.perf_counter()
     sources = {s: open_or_build(embedder, texts[s], lambda i, s=s: tokens(texts[s][i]), cfg.data.max_tokens, root,
-                                cfg.bilm.batch_size, weights, log=log.info, group=group) for s in texts}
+                                cfg.bilm.batch_size, weights, acc, log=log.info) for s in texts}
     log.info("layer caches of %s documents ready in %.1f s under %s",
              f"{sum(map(len, texts.values())):,}", time.perf_counter() - t0, root)
     return sources
-
-
-def _group(cfg: FinetuneConfig) -> Group:
-    """One process, or the process group a launcher started (WORLD_SIZE > 1)."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return Group()
-    from elmo_dist.train.accel import build_data_parallel
-
-    return Group(build_data_parallel(cfg.train.device, cfg.dist))
 
 
 def _labels(splits: Splits) -> dict[str, np.ndarray]:
@@ -105,40 +95,41 @@ def _labels(splits: Splits) -> dict[str, np.ndarray]:
 
 
 def finetune(cfg: FinetuneConfig) -> dict:
-    """Train every variant (x every seed), compare them with the TF-IDF baseline; the summary."""
-    group = _group(cfg)
-    setup_logging(group.is_main)
+    """Train every variant (x every seed), compare them with the TF-IDF baseline; the summary. One
+    process, or the process group a launcher started (torchrun, `accelerate launch`, srun)."""
+    acc = build_accelerator(cfg.train.device, cfg.dist)
+    setup_logging(acc.is_main_process)
     lock = RunDirLock(cfg.train.run_dir)
-    own_run_dir(lock, group.is_main, group.broadcast)  # held by the main process only
+    own_run_dir(lock, acc.is_main_process, lambda obj: broadcast(acc, obj))  # held by the main process only
     try:
-        summary = _finetune(cfg, group)
+        summary = _finetune(cfg, acc)
     finally:
         lock.release()
-    group.close()
+    shut_down(acc)
     return summary
 
 
 _RUN_FILES = ("config.yaml", "labels.json", "summary.json", "comparison.txt")  # what RUN_DIR holds at its top
 
 
-def _finetune(cfg: FinetuneConfig, group: Group) -> dict:
+def _finetune(cfg: FinetuneConfig, acc) -> dict:
     run_dir, d = Path(cfg.train.run_dir), cfg.data
-    device = str(group.acc.device) if group.multi else cfg.train.device
+    device = str(acc.device)
     splits = build_splits(d.train, d.valid, d.test, d.format, list(d.text_fields), d.label_field,
                           d.valid_fraction, d.test_fraction, d.split_seed)
     embedder = Embedder.from_run(cfg.bilm.path, device, cfg.bilm.sentence_boundaries)
     # a run directory that is the biLM's own would have its config.yaml and summary.json replaced
     inputs = [*embedder.source_files(), *(Path(p) for p in (d.train, d.valid, d.test) if p)]
     refuse_overwrite([run_dir / name for name in _RUN_FILES], inputs, "finetune")
-    if group.is_main:
+    if acc.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
-        configlib.save_config(cfg, run_dir / "config.yaml")
+        config_base.save_config(cfg, run_dir / "config.yaml")
         (run_dir / "labels.json").write_text(json.dumps(splits.labels, indent=1))
     y = _labels(splits)
     log.info("data: %d train / %d valid / %d test documents, %d classes; skipped %s; %d process(es)",
              len(y["train"]), len(y["valid"]), len(y["test"]), len(splits.labels), splits.skipped or "nothing",
-             group.world_size)
-    sources = layer_sources(cfg, embedder, splits, run_dir, group)
+             acc.num_processes)
+    sources = layer_sources(cfg, embedder, splits, run_dir, acc)
     seeds = list(cfg.train.seeds) or [cfg.train.seed]
     results: dict[str, list[dict]] = {}
     for variant in cfg.variants or [cfg.classifier.variant]:
@@ -146,15 +137,15 @@ def _finetune(cfg: FinetuneConfig, group: Group) -> dict:
             # one job per variant (a Slurm array) gives each its own run_dir: no sub-folder then
             out = run_dir / variant if cfg.variants else run_dir
             out = out / f"seed-{seed}" if len(seeds) > 1 else out
-            if group.is_main:
+            if acc.is_main_process:
                 out.mkdir(parents=True, exist_ok=True)
                 (out / "labels.json").write_text(json.dumps(splits.labels, indent=1))
             if cfg.bilm.trainable:  # every run starts from the pretrained biLM
                 embedder = Embedder.from_run(cfg.bilm.path, device, cfg.bilm.sentence_boundaries)
-                sources = layer_sources(cfg, embedder, splits, run_dir, group)
-            run = VariantRun(variant, cfg, embedder, sources, y, splits.labels, out, group, seed)
+                sources = layer_sources(cfg, embedder, splits, run_dir, acc)
+            run = VariantRun(variant, cfg, embedder, sources, y, splits.labels, out, acc, seed)
             results.setdefault(variant, []).append(run.evaluate(run.fit()))
-    return _finish(cfg, run_dir, splits, y, results, group)
+    return _finish(cfg, run_dir, splits, y, results, acc)
 
 
 _REPORTED = ("accuracy", "f1_macro", "f1_weighted")
@@ -179,7 +170,7 @@ def _variant_row(variant: str, runs: list[dict]) -> tuple[dict, dict]:
                  "test_std": {k: row[f"{k}_std"] for k in _REPORTED}}
 
 
-def _finish(cfg, run_dir: Path, splits: Splits, y: dict, results: dict, group: Group) -> dict:
+def _finish(cfg, run_dir: Path, splits: Splits, y: dict, results: dict, acc) -> dict:
     rows, variants = [], {}
     for variant, runs in results.items():
         row, entry = _variant_row(variant, runs)
@@ -207,8 +198,8 @@ def _finish(cfg, run_dir: Path, splits: Splits, y: dict, results: dict, group: G
     table = report.comparison_table(rows, note)
     summary = {"variants": variants, "baseline": baseline, "labels": splits.labels, "table": rows, **options,
                "n_train": len(y["train"]), "n_valid": len(y["valid"]), "n_test": len(y["test"]),
-               "skipped": splits.skipped, "processes": group.world_size}
-    if group.is_main:
+               "skipped": splits.skipped, "processes": acc.num_processes}
+    if acc.is_main_process:
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
         (run_dir / "comparison.txt").write_text(table)
         print(table, end="")

@@ -33,7 +33,7 @@ from threadpoolctl import threadpool_limits  # noqa: E402
 
 # scikit-learn brings scipy, whose OpenBLAS starts its own worker threads; they busy-wait beside
 # torch's OpenMP threads and, on 2 cores, slowed the biLM's LSTMs 80-fold (18k -> 230 tokens/s,
-# README, Performance). BLAS work here is small (the TF-IDF baseline), torch keeps its own threads.
+# docs/performance.md). BLAS work here is small (the TF-IDF baseline), torch keeps its own threads.
 threadpool_limits(1, user_api="blas")
 
 _AVERAGE_KEYS = ("accuracy", "macro avg", "weighted avg", "micro avg")

@@ -1,8 +1,8 @@
 """The fine-tuning config: which biLM, which data, which layer combination, how to train.
 
-    cfg = load_finetune_config("configs/finetune.yaml", ["variants=[frozen,scalar_mix]"])
+    cfg = load(FinetuneConfig, "configs/finetune.yaml", ["variants=[frozen,scalar_mix]"])
 
-Same rules as the pretraining config (elmo_dist.configlib): defaults <- YAML <- dotted overrides,
+Same rules as the pretraining config (elmo_dist.config.base): defaults <- YAML <- dotted overrides,
 unknown keys name the closest valid key. Each key is documented in its field's docstring below;
 `configs/reference/finetune.yaml` is generated from them.
 """
@@ -10,13 +10,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal, get_args
 
-from elmo_dist import configlib
-from elmo_dist.config.group import ProcessGroupConfig, validate_process_group
+from elmo_dist.config import base
+from elmo_dist.config.process_group import ProcessGroupConfig, validate_process_group
 from elmo_dist.config.slurm import SlurmConfig, validate_slurm
 
 # the ways of combining the biLM's layers (elmo_dist.model.scalar_mix builds them)
-VARIANTS = ("frozen", "scalar_mix", "learned_fn", "top")
+Variant = Literal["frozen", "scalar_mix", "learned_fn", "top"]
+VARIANTS = get_args(Variant)
 
 
 @dataclass
@@ -44,7 +46,7 @@ class BilmSection:
 
 @dataclass
 class TaskSection:
-    format: str = "auto"
+    format: Literal["auto", "agnews", "csv", "tsv", "jsonl", "folders"] = "auto"
     """auto | agnews | csv | tsv | jsonl | folders (one sub-folder per class)."""
     train: str = ""
     """The training file or folder (required)."""
@@ -68,11 +70,11 @@ class TaskSection:
 
 @dataclass
 class ClassifierSection:
-    variant: str = "scalar_mix"
+    variant: Variant = "scalar_mix"
     """frozen | scalar_mix | learned_fn | top (used when `variants` is empty)."""
-    encoder: str = "pool"
+    encoder: Literal["pool", "bilstm"] = "pool"
     """pool (masked mean+max over tokens) | bilstm (a BiLSTM over the mixed tokens, then pooling)."""
-    pooling: str = "mean_max"
+    pooling: Literal["mean", "max", "mean_max"] = "mean_max"
     """mean_max | mean | max."""
     token_dim: int = 512
     """pool encoder: width of the per-token Linear -> ReLU before pooling (0 = pool the mixed layers directly)."""
@@ -100,7 +102,7 @@ class FinetuneOptim:
     """Global-norm gradient clipping of every trained parameter."""
     warmup_steps: int = 0
     """Linear warmup over this many classifier steps (every parameter group, bilm.lr too)."""
-    decay: str = "none"
+    decay: Literal["none", "linear", "cosine"] = "none"
     """LR decay after warmup: none, linear or cosine, to min_lr_ratio x lr at the last step of train.epochs
     (early stopping may end sooner)."""
     min_lr_ratio: float = 0.0
@@ -118,9 +120,9 @@ class FinetuneTrain:
     patience: int = 5
     """Stop after this many epochs without a better validation score (train.early_stopping); the best
     epoch is kept."""
-    early_stopping: str = "accuracy"
+    early_stopping: Literal["accuracy", "f1_macro"] = "accuracy"
     """The validation metric that picks the best epoch: accuracy or f1_macro (for imbalanced classes)."""
-    class_weights: str = "none"
+    class_weights: Literal["none", "balanced"] = "none"
     """none, or balanced: weight each class's loss by n_samples / (n_classes x its count), as
     scikit-learn's 'balanced', so that small classes are not ignored."""
     seed: int = 0
@@ -128,7 +130,7 @@ class FinetuneTrain:
     seeds: list = field(default_factory=list)
     """Run every variant once per seed (e.g. [0, 1, 2]) and report mean +- standard deviation; empty =
     train.seed only. With several seeds each run goes to <variant>/seed-<s>/."""
-    device: str = "auto"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
     """auto (CUDA when present), cpu or cuda."""
 
 
@@ -160,49 +162,33 @@ class FinetuneConfig:
     slurm: SlurmConfig = field(default_factory=SlurmConfig)
     """How `elmo-dist submit finetune` runs this config (one array task per variant)."""
 
+    def validate(self) -> None:
+        """Semantic checks that types alone can't express; each names its key."""
+        _validate(self)
 
-_require = configlib.require
+
+_require = base.require
 
 
-def validate_finetune(cfg: FinetuneConfig) -> None:
+def _validate(cfg: FinetuneConfig) -> None:
     for v in cfg.variants or [cfg.classifier.variant]:
         _require(v in VARIANTS, "variants" if cfg.variants else "classifier.variant",
                  f"has '{v}', expected one of {', '.join(VARIANTS)}")
-    _require(cfg.classifier.encoder in ("pool", "bilstm"), "classifier.encoder", "must be pool or bilstm")
-    _require(cfg.classifier.pooling in ("mean", "max", "mean_max"), "classifier.pooling",
-             "must be mean, max or mean_max")
     _require(0 <= cfg.classifier.dropout < 1, "classifier.dropout", "must be in [0, 1)")
     _require(bool(cfg.data.train), "data.train", "must name the training file or folder")
-    _require(cfg.data.format in ("auto", "agnews", "csv", "tsv", "jsonl", "folders"), "data.format",
-             f"must be auto, agnews, csv, tsv, jsonl or folders, got '{cfg.data.format}'")
     _require(cfg.data.max_tokens > 0, "data.max_tokens", "must be positive")
     _require(0 < cfg.data.valid_fraction < 1 and 0 < cfg.data.test_fraction < 1, "data.valid_fraction",
              "and data.test_fraction must be in (0, 1)")
     for key in ("epochs", "batch_size", "patience"):
         _require(getattr(cfg.train, key) > 0, f"train.{key}", "must be positive")
-    _require(cfg.train.early_stopping in ("accuracy", "f1_macro"), "train.early_stopping",
-             f"must be accuracy or f1_macro, got '{cfg.train.early_stopping}'")
-    _require(cfg.train.class_weights in ("none", "balanced"), "train.class_weights",
-             f"must be none or balanced, got '{cfg.train.class_weights}'")
     _require(all(isinstance(s, int) for s in cfg.train.seeds) and len(set(cfg.train.seeds)) == len(cfg.train.seeds),
              "train.seeds", f"must be a list of distinct integers, got {cfg.train.seeds}")
     validate_process_group(cfg.dist)
-    _require(cfg.optim.decay in ("none", "linear", "cosine"), "optim.decay",
-             f"must be none, linear or cosine, got '{cfg.optim.decay}'")
     _require(cfg.optim.warmup_steps >= 0, "optim.warmup_steps", "must be >= 0")
     _require(0 <= cfg.optim.min_lr_ratio <= 1, "optim.min_lr_ratio", "must be in [0, 1]")
     _require(cfg.optim.lr > 0 and cfg.bilm.lr > 0, "optim.lr", "and bilm.lr must be positive")
     _require(cfg.bilm.batch_size > 0, "bilm.batch_size", "must be positive")
     validate_slurm(cfg.slurm)
-
-
-def load_finetune_config(path: str | Path | None, overrides: list[str] = ()) -> FinetuneConfig:
-    tree = configlib.read_yaml(path, FinetuneConfig) if path else {}
-    over = configlib.parse_overrides(list(overrides), FinetuneConfig)
-    source = str(path) if path else "overrides"
-    cfg = configlib.build(FinetuneConfig, [configlib.merge_trees(tree, over)], source)
-    validate_finetune(cfg)
-    return cfg
 
 
 def single_variant(cfg: FinetuneConfig, which: str) -> FinetuneConfig:
@@ -217,9 +203,7 @@ def single_variant(cfg: FinetuneConfig, which: str) -> FinetuneConfig:
     else:
         _require(which in names, "variants", f"does not include '{which}' ({', '.join(names)})")
         variant = which
-    tree = configlib.to_container(cfg)
-    tree = configlib.merge_trees(tree, {"variants": [], "classifier": {"variant": variant},
+    tree = base.to_container(cfg)
+    tree = base.merge_trees(tree, {"variants": [], "classifier": {"variant": variant},
                                         "train": {"run_dir": str(Path(cfg.train.run_dir) / variant)}})
-    out = configlib.build(FinetuneConfig, [tree], "config")
-    validate_finetune(out)
-    return out
+    return base.from_tree(FinetuneConfig, tree)

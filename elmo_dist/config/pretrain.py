@@ -1,21 +1,21 @@
-"""The one config system: typed dataclasses, loaded as defaults <- flavour <- YAML <- dotted overrides.
+"""The pretraining config (`PretrainConfig`): model, data, optim, train, checkpoint, logging, dist, slurm.
 
-    cfg = load_config("configs/debug.yaml", ["train.max_steps=100", "model.lstm_dim=64"])
+    cfg = load(PretrainConfig, "configs/debug.yaml", ["train.max_steps=100", "model.lstm_dim=64"])
 
-Precedence is CLI overrides > YAML file > the model flavour's preset > dataclass defaults.
-An unknown key is a ConfigError naming the closest valid key; a value of the wrong type names
-its key too. `save_config` writes the resolved config that every run and checkpoint carries.
+Precedence is CLI overrides > YAML file > the model flavour's preset > dataclass defaults
+(elmo_dist.config.base). An unknown key is a ConfigError naming the closest valid key; a value of
+the wrong type, or a word outside a `Literal` field's choices, names its key too. `save_config`
+writes the resolved config that every run and checkpoint carries.
 """
 from __future__ import annotations
 
 import importlib.util
 import signal
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Literal, Optional
 
-from elmo_dist import configlib
-from elmo_dist.config.group import ProcessGroupConfig, validate_process_group
+from elmo_dist.config import base
+from elmo_dist.config.process_group import ProcessGroupConfig, validate_process_group
 from elmo_dist.config.slurm import SlurmConfig, validate_slurm
 from elmo_dist.errors import ConfigError
 
@@ -28,7 +28,7 @@ SMALL_FILTERS = [[1, 16], [2, 16], [3, 32], [4, 64], [5, 128]]
 class ModelConfig:
     flavour: str = "debug"
     """Named size preset (debug, small, medium, original); any field below overrides it."""
-    encoder: str = "char_cnn"
+    encoder: Literal["char_cnn", "word"] = "char_cnn"
     """Token encoder: char_cnn (ELMo) or word (a plain word-embedding table)."""
     char_embed_dim: int = 16
     """Width of each character's embedding (char_cnn only)."""
@@ -50,7 +50,7 @@ class ModelConfig:
     """Clip LSTM cell values to +-cell_clip (ELMo uses 3). Set -> exact clipped cell, slower."""
     proj_clip: Optional[float] = None
     """Clip LSTM projections to +-proj_clip (ELMo uses 3). Set -> exact clipped cell, slower."""
-    clipped_cell: str = "auto"
+    clipped_cell: Literal["auto", "triton", "torch"] = "auto"
     """How the clipped cell does each time step's gate arithmetic (with a clip set): triton (one fused
     kernel forward and one backward; CUDA, needs the triton package), torch (PyTorch ops), or auto
     (triton on CUDA when triton is installed, else torch). Same results within float rounding."""
@@ -58,7 +58,7 @@ class ModelConfig:
     """Residual connection around every LSTM layer after the first, as in ELMo."""
     dropout: float = 0.1
     """Dropout on each LSTM layer's input and on the output before the softmax, in [0, 1)."""
-    softmax: str = "sampled"
+    softmax: Literal["sampled", "full", "adaptive"] = "sampled"
     """Training softmax: sampled, full or adaptive. Evaluation always uses the exact full softmax."""
     n_negative_samples: int = 1024
     """Negatives per step for the sampled softmax, drawn log-uniformly over the vocabulary (bilm-tf used 8192)."""
@@ -85,12 +85,12 @@ class DataConfig:
     LSTM the text before the lane, the backward LSTM the text after it (rounded up to whole windows,
     at most one lane). A lane then starts with the state one long pass would have had there, so the
     perplexity hardly depends on eval_batch_size; 0 starts every lane from a zero state, which makes
-    more lanes report a higher perplexity (README, Evaluation)."""
+    more lanes report a higher perplexity (docs/pretraining.md, Evaluate)."""
 
 
 @dataclass
 class OptimConfig:
-    name: str = "adagrad"
+    name: Literal["adagrad", "adam"] = "adagrad"
     """adagrad (ELMo's recipe) or adam."""
     lr: float = 0.2
     """Learning rate (the peak, after warmup). ELMo's Adagrad used 0.2."""
@@ -104,16 +104,16 @@ class OptimConfig:
     """L2 weight decay, as torch's Adagrad and Adam apply it (0 = off)."""
     warmup_steps: int = 0
     """Linear warmup from 0 to lr over this many steps (0 = none)."""
-    decay: str = "none"
+    decay: Literal["none", "linear", "cosine"] = "none"
     """LR decay after warmup: none, linear or cosine (to min_lr_ratio x lr at max_steps)."""
     min_lr_ratio: float = 0.0
     """Where decay ends: the learning rate at train.max_steps is min_lr_ratio x lr."""
     grad_clip: float = 10.0
     """Global-norm gradient clipping (ELMo: 10; 0 = off)."""
-    implementation: str = "auto"
+    implementation: Literal["auto", "fused", "foreach", "loop"] = "auto"
     """How torch runs the update: fused (one kernel over all parameters), foreach (multi-tensor ops),
     loop (one parameter at a time), or auto = fused (CPU and CUDA both have it; on the CPU it measured
-    5-7x faster than the loop; README, Performance). All three compute the same update, up to float
+    5-7x faster than the loop; docs/performance.md). All three compute the same update, up to float
     rounding (fused differs from the loop by about 1e-7 per step)."""
 
 
@@ -125,7 +125,7 @@ class TrainConfig:
     """Optimizer steps to train for."""
     seed: int = 1234
     """Weights, data order and sampling all follow it."""
-    device: str = "auto"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
     """auto (CUDA when present), cpu or cuda."""
     eval_every: int = 500
     """Held-out evaluation every N steps (0 = only at the end)."""
@@ -136,13 +136,13 @@ class TrainConfig:
     """When the job's end time is known (Slurm, or ELMO_DIST_DEADLINE in seconds since the epoch), checkpoint
     and exit 75 this many seconds before it, plus room for a few of the slowest steps seen (the ranks of a
     multi-process run agree on stopping every 10 steps)."""
-    nonfinite: str = "skip"
+    nonfinite: Literal["skip", "stop", "off"] = "skip"
     """A step with a NaN/inf loss or gradient: skip (drop the update, count it), stop at once, or off
     (no check, and no host sync per step)."""
     max_nonfinite_steps: int = 5
     """Stop after this many bad steps in a row, naming the step and the last good checkpoint."""
     compile: bool = False
-    """torch.compile the biLM (see README, Performance, for what it buys)."""
+    """torch.compile the biLM (see docs/performance.md for what it buys)."""
     init_from: str = ""
     """Start a fresh run from these weights (a run, checkpoint, export or `import-elmo` directory);
     the softmax is kept only if the vocabulary matches. Ignored once the run has checkpoints."""
@@ -154,7 +154,7 @@ class CheckpointConfig:
     """Save every N steps (0 = only at the end)."""
     keep_last: int = 3
     """Keep the newest N complete checkpoints (at least 1); older ones are deleted."""
-    resume: str = "auto"
+    resume: Literal["auto", "never"] = "auto"
     """auto: continue from the newest complete checkpoint in run_dir; never: refuse a non-empty run_dir."""
 
 
@@ -164,7 +164,7 @@ class LoggingConfig:
     """Log the train/* scalars and a console line every N steps."""
     tensorboard: bool = True
     """Write TensorBoard events under run_dir/tensorboard."""
-    progress: str = "auto"
+    progress: Literal["auto", "bar", "lines"] = "auto"
     """auto (a tqdm bar on a terminal, log lines otherwise), bar or lines."""
 
 
@@ -172,15 +172,15 @@ class LoggingConfig:
 class DistConfig(ProcessGroupConfig):
     """Pretraining's `dist` section: the process-group keys (config/group.py), then precision and ZeRO."""
 
-    mixed_precision: str = "no"
+    mixed_precision: Literal["no", "bf16", "fp16", "auto"] = "no"
     """no | bf16 | fp16 | auto (bf16 on CUDA, no on CPU). fp16 needs CUDA; bf16 on CPU is a slow correctness path."""
     gradient_accumulation_steps: int = 1
     """Micro-batches per optimizer step. Global batch = data.batch_size x this x number of processes."""
-    zero_stage: int = 0
+    zero_stage: Literal[0, 1, 2, 3] = 0
     """DeepSpeed ZeRO: 0 = plain data parallel (DDP), 1 = shard optimizer state, 2 = + gradients, 3 = + weights."""
-    offload_optimizer: str = "none"
+    offload_optimizer: Literal["none", "cpu"] = "none"
     """none | cpu: keep ZeRO's optimizer state in host memory (stages 1-3)."""
-    offload_params: str = "none"
+    offload_params: Literal["none", "cpu"] = "none"
     """none | cpu: keep the weights in host memory (stage 3 only)."""
     deepspeed_config: str = ""
     """Optional DeepSpeed JSON (e.g. configs/deepspeed/zero3.json) for bucket tuning; keys the run config
@@ -188,7 +188,7 @@ class DistConfig(ProcessGroupConfig):
 
 
 @dataclass
-class Config:
+class PretrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     """The biLM: token encoder (char CNN or word embeddings), LSTM stack and training softmax."""
     data: DataConfig = field(default_factory=DataConfig)
@@ -203,9 +203,23 @@ class Config:
     """Console lines, the progress bar and TensorBoard."""
     dist: DistConfig = field(default_factory=DistConfig)
     """Several processes: mixed precision, accumulation, DeepSpeed ZeRO, the process group. The processes
-    themselves come from the launcher (torchrun, accelerate launch, srun; README, Distributed)."""
+    themselves come from the launcher (torchrun, accelerate launch, srun; docs/distributed-and-slurm.md)."""
     slurm: SlurmConfig = field(default_factory=SlurmConfig)
     """How `elmo-dist submit` runs this config; the trainer ignores it."""
+
+    @staticmethod
+    def layers(tree: dict, source: str) -> list[dict]:
+        """The model flavour's preset under `tree` (config/base.from_tree)."""
+        flavour = (tree.get("model") or {}).get("flavour", ModelConfig.flavour)
+        if flavour not in FLAVOURS:
+            raise ConfigError(f"{source}: model.flavour '{flavour}' is not one of {', '.join(FLAVOURS)}")
+        if (tree.get("dist") or {}).get("mixed_precision") is False:  # `mixed_precision: false` means no
+            tree = base.merge_trees(tree, {"dist": {"mixed_precision": "no"}})
+        return [{"model": FLAVOURS[flavour]}, tree]
+
+    def validate(self) -> None:
+        """Semantic checks that types alone can't express; each names its key."""
+        _validate(self)
 
 
 FLAVOURS: dict[str, dict[str, Any]] = {
@@ -221,50 +235,18 @@ ARCH_KEYS = ("encoder", "char_embed_dim", "filters", "max_chars_per_token", "n_h
              "word_embed_dim", "lstm_dim", "projection_dim", "n_layers", "softmax", "adaptive_cutoffs")
 
 
-def valid_keys(root: type = None) -> list[str]:
-    """Every dotted key of the pretraining config, e.g. 'train.max_steps'."""
-    return configlib.valid_keys(root or Config)
-
-
-def config_from_tree(tree: dict, source: str = "config") -> Config:
-    """Build a validated Config from a nested dict (flavour preset applied first)."""
-    configlib.check_keys(tree, source, Config)
-    flavour = (tree.get("model") or {}).get("flavour", ModelConfig.flavour)
-    if flavour not in FLAVOURS:
-        raise ConfigError(f"{source}: model.flavour '{flavour}' is not one of {', '.join(FLAVOURS)}")
-    if (tree.get("dist") or {}).get("mixed_precision") is False:  # `mixed_precision: false` means no
-        tree = configlib.merge_trees(tree, {"dist": {"mixed_precision": "no"}})
-    cfg = configlib.build(Config, [{"model": FLAVOURS[flavour]}, tree], source)
-    validate(cfg)
-    return cfg
-
-
-def load_config(path: str | Path | None, overrides: list[str] = (), text: str | None = None) -> Config:
-    """defaults <- flavour preset <- YAML file <- dotted overrides, validated; `text`: the file's
-    content, already read (see configlib.read_yaml)."""
-    tree = configlib.read_yaml(path, Config, text) if path else {}
-    over = configlib.parse_overrides(list(overrides), Config)
-    return config_from_tree(configlib.merge_trees(tree, over), str(path) if path else "overrides")
-
-
-_require = configlib.require
+_require = base.require
 
 
 def _validate_clipped_cell(kernel: str, device: str) -> None:
-    _require(kernel in ("auto", "triton", "torch"), "model.clipped_cell",
-             f"must be auto, triton or torch, got '{kernel}'")
     if kernel == "triton":
         _require(device != "cpu", "model.clipped_cell", "is triton, which needs CUDA, but train.device is cpu")
         _require(importlib.util.find_spec("triton") is not None, "model.clipped_cell",
                  "is triton, which needs the triton package (pip install triton)")
 
 
-def validate(cfg: Config) -> None:
-    """Semantic checks that types alone can't express; each names its key."""
+def _validate(cfg: PretrainConfig) -> None:
     m, d, o, t = cfg.model, cfg.data, cfg.optim, cfg.train
-    _require(m.encoder in ("char_cnn", "word"), "model.encoder", f"must be char_cnn or word, got '{m.encoder}'")
-    _require(m.softmax in ("sampled", "full", "adaptive"), "model.softmax",
-             f"must be sampled, full or adaptive, got '{m.softmax}'")
     for key in ("char_embed_dim", "max_chars_per_token", "lstm_dim", "projection_dim", "n_layers",
                 "word_embed_dim", "n_negative_samples"):
         _require(getattr(m, key) > 0, f"model.{key}", f"must be positive, got {getattr(m, key)}")
@@ -281,37 +263,23 @@ def validate(cfg: Config) -> None:
         _require(getattr(d, key) > 0, f"data.{key}", f"must be positive, got {getattr(d, key)}")
     for key in ("max_eval_tokens", "eval_context_tokens"):
         _require(getattr(d, key) >= 0, f"data.{key}", f"must be >= 0, got {getattr(d, key)}")
-    _require(o.name in ("adagrad", "adam"), "optim.name", f"must be adagrad or adam, got '{o.name}'")
     _require(o.lr > 0, "optim.lr", f"must be positive, got {o.lr}")
-    _require(o.decay in ("none", "linear", "cosine"), "optim.decay", f"must be none, linear or cosine, got '{o.decay}'")
     _require(o.warmup_steps >= 0 and o.grad_clip >= 0, "optim.warmup_steps", "and optim.grad_clip must be >= 0")
-    _require(o.implementation in ("auto", "fused", "foreach", "loop"), "optim.implementation",
-             f"must be auto, fused, foreach or loop, got '{o.implementation}'")
     _require(t.max_steps > 0, "train.max_steps", f"must be positive, got {t.max_steps}")
-    _require(t.device in ("auto", "cpu", "cuda"), "train.device", f"must be auto, cpu or cuda, got '{t.device}'")
     _require(t.eval_every >= 0, "train.eval_every", "must be >= 0")
     _require(t.deadline_margin_s >= 0, "train.deadline_margin_s", "must be >= 0")
-    _require(t.nonfinite in ("skip", "stop", "off"), "train.nonfinite",
-             f"must be skip, stop or off, got '{t.nonfinite}'")
     _require(t.max_nonfinite_steps >= 1, "train.max_nonfinite_steps", "must be >= 1")
     for name in t.stop_signals:
         _require(_is_signal(name), "train.stop_signals", f"has '{name}', which is not a signal name such as USR2")
     _require(cfg.checkpoint.every >= 0, "checkpoint.every", "must be >= 0")
     _require(cfg.checkpoint.keep_last >= 1, "checkpoint.keep_last", "must be >= 1")
-    _require(cfg.checkpoint.resume in ("auto", "never"), "checkpoint.resume", "must be auto or never")
     _require(cfg.logging.log_every > 0, "logging.log_every", "must be positive")
     dist = cfg.dist
-    _require(dist.mixed_precision in ("no", "bf16", "fp16", "auto"), "dist.mixed_precision",
-             f"must be no, bf16, fp16 or auto, got '{dist.mixed_precision}'")
     _require(dist.gradient_accumulation_steps >= 1, "dist.gradient_accumulation_steps", "must be >= 1")
     validate_process_group(dist)
-    _require(dist.zero_stage in (0, 1, 2, 3), "dist.zero_stage", f"must be 0, 1, 2 or 3, got {dist.zero_stage}")
-    _require(dist.offload_optimizer in ("none", "cpu"), "dist.offload_optimizer", "must be none or cpu")
-    _require(dist.offload_params in ("none", "cpu"), "dist.offload_params", "must be none or cpu")
     _require(dist.offload_optimizer == "none" or dist.zero_stage > 0, "dist.offload_optimizer",
              "needs dist.zero_stage 1, 2 or 3")
     _require(dist.offload_params == "none" or dist.zero_stage == 3, "dist.offload_params", "needs dist.zero_stage 3")
-    _require(cfg.logging.progress in ("auto", "bar", "lines"), "logging.progress", "must be auto, bar or lines")
     validate_slurm(cfg.slurm)
 
 
@@ -329,10 +297,6 @@ def _is_signal(name) -> bool:
     except (KeyError, ValueError):
         return False
     return True
-
-
-to_yaml = configlib.to_yaml
-save_config = configlib.save_config
 
 
 def arch_diff(a: ModelConfig, b: ModelConfig) -> list[str]:

@@ -4,9 +4,10 @@
     python -m elmo_dist.config.reference --check   # exit 1 if either file is stale
 
 Each key is documented once, in the docstring under its field (elmo_dist/config/pretrain.py,
-finetune.py, group.py, slurm.py). This module renders every section and key of `Config` and `FinetuneConfig`
-with its default value and, as `#` lines right above it, its docstring. The output is itself a
-valid config that loads to the defaults (see REQUIRED_EXAMPLES for the one exception).
+finetune.py, process_group.py, slurm.py). This module renders every section and key of
+`PretrainConfig` and `FinetuneConfig` with its default value and, as `#` lines right above it, its
+docstring. The output is itself a valid config that loads to the defaults (see REQUIRED_EXAMPLES
+for the one exception).
 """
 from __future__ import annotations
 
@@ -20,16 +21,16 @@ from pathlib import Path
 
 import yaml
 
-from elmo_dist import configlib
+from elmo_dist.config import base
 from elmo_dist.config.finetune import FinetuneConfig
-from elmo_dist.config.pretrain import Config
+from elmo_dist.config.pretrain import PretrainConfig
 
 REPO = Path(__file__).resolve().parents[2]
 WRITE_COMMAND = "python -m elmo_dist.config.reference --write"
 
 # file (relative to the repo root) -> the root dataclass it documents
 TARGETS: dict[str, type] = {
-    "configs/reference/pretrain.yaml": Config,
+    "configs/reference/pretrain.yaml": PretrainConfig,
     "configs/reference/finetune.yaml": FinetuneConfig,
 }
 
@@ -59,8 +60,8 @@ def field_docs(cls: type) -> dict[str, str]:
 
 
 # the loader's own rule for what is a section (a field whose default factory is a dataclass), so the
-# reference can never disagree with configlib.valid_keys
-_section_type = configlib._section_type
+# reference can never disagree with base.valid_keys
+_section_type = base._section_type
 
 
 def key_docs(root: type, prefix: str = "") -> dict[str, str]:
@@ -137,7 +138,7 @@ def render(root: type) -> str:
         "# Do not edit by hand: change the docstring, then rerun that command (a test checks that they agree).",
         "# The file is a valid config as it stands.",
     ]
-    values = configlib.to_container(root())
+    values = base.to_container(root())
     body = _render_fields(root, values, key_docs(root), REQUIRED_EXAMPLES.get(root, {}), "", 0)
     return "\n".join(header + [""] + body) + "\n"
 

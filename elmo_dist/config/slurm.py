@@ -14,13 +14,14 @@ Override from the command line like any other key (`slurm.partition=debug`), or 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
-from elmo_dist import configlib
+from elmo_dist.config import base
 
 
 @dataclass
 class SlurmConfig:
-    cluster: str = "auto"
+    cluster: Literal["auto", "slurm", "local", "debug"] = "auto"
     """auto (Slurm where `srun` is on the PATH, else local processes) | slurm | local | debug (in this process)."""
     partition: str = ""
     """Slurm partition (--partition); "" = the cluster's default partition."""
@@ -67,9 +68,7 @@ def extra_parameters(cfg: SlurmConfig) -> dict:
 
 
 def validate_slurm(cfg: SlurmConfig) -> None:
-    req = configlib.require
-    req(cfg.cluster in ("auto", "slurm", "local", "debug"), "slurm.cluster",
-        f"must be auto, slurm, local or debug, got '{cfg.cluster}'")
+    req = base.require
     for key in ("nodes", "cpus_per_task", "time_min"):
         req(getattr(cfg, key) > 0, f"slurm.{key}", f"must be positive, got {getattr(cfg, key)}")
     for key in ("gpus_per_node", "tasks_per_node", "mem_gb", "signal_delay_s", "max_requeues"):

@@ -8,7 +8,7 @@ word an id in order of first sight (written to a scratch file beside the output)
 `np.bincount` per run for the counts, and the places where shards will end. The vocabulary comes
 from the counts. The second pass is a numpy remap of the scratch ids to vocabulary ids, shard by
 shard: no text is read or looked up twice, which is what makes prepare several million tokens per
-second on one core (README, Performance). If the number of distinct words passes `--max-types`,
+second on one core (docs/performance.md). If the number of distinct words passes `--max-types`,
 the rarest are pruned to bound memory, the scratch ids become void, and the second pass reads the
 text again and looks every word up; both second passes write what a word-by-word lookup writes.
 

@@ -27,12 +27,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from elmo_dist.config import Config, ModelConfig, validate
+from elmo_dist.config import ModelConfig, PretrainConfig
 from elmo_dist.data.vocab import SPECIALS, Vocabulary
 from elmo_dist.errors import CheckpointError, DataError
 from elmo_dist.files import HDF5_BYTES_PER_DATASET, atomic_hdf5, need_space, refuse_overwrite, remove, writable_dir
 from elmo_dist.model import build_bilm
-from elmo_dist.runs import EXPORT_FILES, open_run, write_export
+from elmo_dist.runs import EXPORT_FILES, open_run
+from elmo_dist.runtime.checkpoint import write_export
 
 TF_TO_TORCH = [0, 2, 1, 3]  # gate blocks: TF (i, j, f, o) -> PyTorch (i, f, g, o); its own inverse
 
@@ -146,8 +147,8 @@ def import_elmo(options_path: str | Path, weights_path: str | Path, out: str | P
         sd["softmax.weight"] = torch.zeros_like(model.softmax.weight)
         sd["softmax.bias"] = torch.zeros_like(model.softmax.bias)
     model.load_state_dict(sd)
-    cfg = Config(model=m)
-    validate(cfg)
+    cfg = PretrainConfig(model=m)
+    cfg.validate()
     meta = {"source": f"{options_path} + {weights_path}", "step": 0, "format": "elmo-hdf5",
             "softmax": bool(softmax_path)}
     write_export(out, model.state_dict(), cfg, meta, vocab=vocab)

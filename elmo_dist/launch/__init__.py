@@ -1,1 +1,1 @@
-"""Everything that knows about Slurm: the launch environment (and, later, sbatch and submitit)."""
+"""Everything that knows about Slurm: the task environment, the requeue decision, and submitit jobs."""

@@ -9,7 +9,7 @@ sharing a node don't collide). Variables a launcher already set are left alone: 
 accelerate launch inside an allocation, they win.
 
 It also exports ELMO_DIST_DEADLINE, the job's end time in seconds since the epoch, so that the trainer
-(elmo_dist.train.stop) can checkpoint and stop before Slurm kills it at the time limit.
+(elmo_dist.runtime.stop) can checkpoint and stop before Slurm kills it at the time limit.
 """
 from __future__ import annotations
 
@@ -62,7 +62,12 @@ def job_end_time(environ=os.environ) -> float | None:
 
 
 def export_slurm_env(environ=os.environ) -> bool:
-    """Fill the torch.distributed variables from an srun task's; True if it did."""
+    """Fill the torch.distributed variables from an srun task's; True if it did. Also, inside any
+    Slurm job, the deadline and one thread pool per task sized to its CPUs (OMP_NUM_THREADS from
+    SLURM_CPUS_PER_TASK: left alone, every process would claim every core of the node). Called
+    before torch is imported, which reads OMP_NUM_THREADS once."""
+    if "SLURM_CPUS_PER_TASK" in environ:
+        environ.setdefault("OMP_NUM_THREADS", environ["SLURM_CPUS_PER_TASK"])
     if "SLURM_JOB_ID" in environ and "ELMO_DIST_DEADLINE" not in environ:
         end = job_end_time(environ)
         if end is not None:

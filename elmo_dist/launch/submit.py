@@ -16,36 +16,26 @@ receives the resolved config, not a path. Where the job runs comes from the conf
 
 Preemption and time limits: Slurm sends submitit's preemption signal (USR2, or the one named by
 submitit's documented SUBMITIT_PREEMPT_SIGNAL) `slurm.signal_delay_s` before the end. The trainer
-records it and checkpoints at the next step boundary, then puts back the handler submitit installed
-for that signal; the job raises the signal again, and submitit's own preemption path calls
-`checkpoint()` (a resubmission of the same job) and requeues it. The requeued job finds the checkpoint
+records it and checkpoints at the next step boundary; then elmo_dist.launch.requeue, the same code
+`sbatch slurm/pretrain.sh` runs, decides: requeued (through the handler submitit installed for that
+signal, which calls `checkpoint()`, a resubmission of the same job), or not (a cancel, or
+slurm.max_requeues reached), with a line naming the checkpoint. The requeued job finds the checkpoint
 in train.run_dir and resumes exactly. Only submitit's public behaviour is relied on (the variable,
-its handler for that signal, `checkpoint()`), so a submitit release that renames its internals
-cannot turn a preemption into a failure. After slurm.max_requeues requeues (preemptions and
-timeouts together; submitit itself bounds only timeouts) the job fails with a line naming the
-checkpoint. SIGTERM checkpoints at the next step; Slurm's preemption sends it before the preemption
-signal, so the job then waits TERM_GRACE_S for that signal: with it, the job is requeued; without
-(scancel), it fails without a requeue. submitit's own handler would ignore SIGTERM and train on.
+its handler for that signal, `checkpoint()`).
 """
 from __future__ import annotations
 
 import os
 import signal
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import submitit
 
-from elmo_dist import configlib
-from elmo_dist.config import SlurmConfig, extra_parameters, parse_signal, tasks_per_node
+from elmo_dist.config import SlurmConfig, extra_parameters, tasks_per_node
+from elmo_dist.config import base as config_base
+from elmo_dist.launch.requeue import preempt_signal, requeue_after_stop
 from elmo_dist.launch.slurm_env import export_slurm_env
-
-
-def preempt_signal() -> signal.Signals:
-    """The signal submitit treats as "preempted or timed out": USR2 unless SUBMITIT_PREEMPT_SIGNAL
-    names another (read the way submitit reads it, so both sides agree)."""
-    return parse_signal(os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2"))
 
 
 def _export_ranks() -> None:
@@ -56,17 +46,12 @@ def _export_ranks() -> None:
         submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
 
 
-# Slurm preempts a job (as submitit models it) with SIGTERM first and then the preemption signal;
-# after a stop on SIGTERM the job waits this long for the second before it calls the stop final
-TERM_GRACE_S = 5.0
-
-
 class PretrainJob(submitit.helpers.Checkpointable):
     """`elmo-dist pretrain` as a submitit job; a requeued copy resumes from the run's newest checkpoint.
 
     `requeues` counts this job's requeues (it travels in the pickle that `checkpoint()` resubmits):
     submitit bounds only timeouts (its max_num_timeout) and requeues preemptions without end, so
-    slurm.max_requeues is enforced here, for both.
+    slurm.max_requeues is enforced in elmo_dist.launch.requeue, for both.
     """
 
     def __init__(self, tree: dict):
@@ -74,52 +59,26 @@ class PretrainJob(submitit.helpers.Checkpointable):
         self.requeues = 0
 
     def __call__(self) -> dict:
-        from elmo_dist.config import config_from_tree
-        from elmo_dist.train.stop import StopRequest
-        from elmo_dist.train.trainer import pretrain
+        from elmo_dist import commands
+        from elmo_dist.config import PretrainConfig, from_tree
+        from elmo_dist.runtime.stop import stop_request
 
         _export_ranks()
         sig = preempt_signal()
-        # whatever submitit installed for this job (its requeue handler); the trainer's stopper replaces
-        # it while it runs, so that a signal mid-step only asks for a stop, and puts it back afterwards.
-        # SIGTERM too, which submitit's own handler ignores ("Bypassing signal SIGTERM")
-        requeue_handler = signal.getsignal(sig)
+        # whatever submitit installed for this job (its requeue handler); the job's stopper replaces it
+        # while the run goes on, so that a signal mid-step only asks for a stop, and hands it back to
+        # requeue. SIGTERM too, which submitit's own handler ignores ("Bypassing signal SIGTERM")
+        handler = signal.getsignal(sig)
         signals = list(dict.fromkeys([sig.name, "TERM"]))
-        cfg = config_from_tree(configlib.merge_trees(self.tree, {"train": {"stop_signals": signals}}),
+        cfg = from_tree(PretrainConfig, config_base.merge_trees(self.tree, {"train": {"stop_signals": signals}}),
                                "submitted config")
-        with StopRequest.from_env(signals, cfg.train.deadline_margin_s) as stopper:
-            summary, is_main = pretrain(cfg, stopper=stopper)
-            # a preemption is SIGTERM and then `sig`; SIGTERM alone is a cancel (scancel)
-            cancelled = summary["stopped"] == "terminate signal" and not stopper.wait_for(sig, TERM_GRACE_S)
+        stopper = stop_request(signals, cfg.train.deadline_margin_s)
+        summary, is_main = commands.pretrain(cfg, stopper=stopper)
         if summary["stopped"] and not summary["finished"]:
-            self._requeue_or_fail(sig, requeue_handler, summary, is_main, cancelled, cfg.slurm.max_requeues)
+            so_far, self.requeues = self.requeues, self.requeues + 1  # before the handler pickles this job
+            requeue_after_stop(summary, stopper, cfg.slurm.max_requeues, so_far, handler, is_main)
+        stopper.ignore()
         return summary
-
-    def _requeue_or_fail(self, sig, handler, summary: dict, is_main: bool, cancelled: bool, limit: int) -> None:
-        where = f"at step {summary['steps']} ({summary['stopped']}); checkpoint {summary['checkpoint']}"
-        if cancelled:  # stop for good, as under sbatch
-            raise RuntimeError(f"pretraining stopped {where}; SIGTERM without {sig.name} (a cancel, not a "
-                               "preemption) does not requeue: submit it again to resume")
-        if self.requeues >= limit:
-            raise RuntimeError(f"pretraining stopped {where}; not requeued: the job was requeued "
-                               f"{self.requeues} time(s) already (slurm.max_requeues={limit}). Submit it "
-                               "again to resume")
-        self.requeues += 1  # before the handler pickles this job for the requeue
-        _hand_over_to_submitit(sig, handler, where, is_main)
-
-
-def _hand_over_to_submitit(sig: signal.Signals, handler, where: str, is_main: bool) -> None:
-    """After the trainer saved at a step boundary (`where` says which): deliver the signal it consumed
-    to submitit's handler, which calls `checkpoint()` and requeues the job."""
-    if not callable(handler):  # SIG_DFL, SIG_IGN or None: not a submitit job (e.g. the debug executor)
-        raise RuntimeError(f"pretraining stopped {where} outside a requeueable job: submit it again to resume")
-    # raise_signal runs the Python handler before returning; on rank 0 submitit pickles the resubmission,
-    # requeues and exits there; on other ranks it only logs and returns
-    signal.raise_signal(sig)
-    if is_main:  # rank 0 came back: the handler did not requeue, and the job must not look successful
-        raise RuntimeError(f"pretraining stopped {where}, but the {sig.name} handler did not requeue the job: "
-                           f"submit it again to resume")
-    sys.exit(0)  # other ranks: nothing to report; the requeue restarts them
 
 
 class FinetuneJob(submitit.helpers.Checkpointable):
@@ -130,13 +89,12 @@ class FinetuneJob(submitit.helpers.Checkpointable):
         self.tree = tree
 
     def __call__(self) -> dict:
-        from elmo_dist.classify.finetune import finetune
-        from elmo_dist.config import FinetuneConfig, validate_finetune
+        from elmo_dist import commands
+        from elmo_dist.config import FinetuneConfig, from_tree
 
         _export_ranks()
-        cfg = configlib.build(FinetuneConfig, [self.tree], "submitted config")
-        validate_finetune(cfg)
-        return finetune(cfg)
+        cfg = from_tree(FinetuneConfig, self.tree, "submitted config")
+        return commands.finetune(cfg)
 
 
 def make_executor(slurm: SlurmConfig, folder: Path, name: str, tasks: int, gpus: int,
@@ -153,9 +111,8 @@ def make_executor(slurm: SlurmConfig, folder: Path, name: str, tasks: int, gpus:
         for key in ("partition", "account", "qos", "constraint"):
             if getattr(slurm, key):
                 params[f"slurm_{key}"] = getattr(slurm, key)
-        # one thread pool per task sized to its CPUs, as slurm/pretrain.sh does; unset, every process claims all cores
-        setup = [f"export OMP_NUM_THREADS=${{OMP_NUM_THREADS:-{slurm.cpus_per_task}}}", *slurm.setup]
-        params.update(slurm_signal_delay_s=slurm.signal_delay_s, slurm_setup=setup,
+        # (each task's thread pool is sized to its CPUs by export_slurm_env, as under sbatch)
+        params.update(slurm_signal_delay_s=slurm.signal_delay_s, slurm_setup=list(slurm.setup),
                       slurm_additional_parameters={**extra_parameters(slurm), **(extra or {})})
     executor.update_parameters(**params)
     return executor
@@ -167,10 +124,10 @@ def _folder(slurm: SlurmConfig, run_dir: str) -> Path:
 
 def submit_pretrain(config: str | None, overrides: list[str] = (), slurm_overrides: list[str] = ()):
     """Queue a pretraining run; returns the submitit job (result() = the run's summary)."""
-    from elmo_dist.config import load_config
+    from elmo_dist.config import PretrainConfig, load
 
-    cfg = load_config(config, list(overrides) + _slurm_keys(slurm_overrides))
-    tree = configlib.to_container(cfg)
+    cfg = load(PretrainConfig, config, list(overrides) + _slurm_keys(slurm_overrides))
+    tree = config_base.to_container(cfg)
     s = cfg.slurm
     executor = make_executor(s, _folder(s, cfg.train.run_dir), s.job_name, tasks_per_node(s), s.gpus_per_node)
     return executor.submit(PretrainJob(tree))
@@ -187,12 +144,12 @@ def _slurm_keys(items: list[str]) -> list[str]:
 
 def _finetune_trees(config: str | None, overrides: list[str], bilm_path: str | None) -> tuple[list[dict], object]:
     """One resolved fine-tuning config per variant, each with its own run_dir (RUN_DIR/<variant>)."""
-    from elmo_dist.config import load_finetune_config, single_variant
+    from elmo_dist.config import FinetuneConfig, load, single_variant
 
     extra = [f"bilm.path={bilm_path}"] if bilm_path else []
-    cfg = load_finetune_config(config, list(overrides) + extra)
+    cfg = load(FinetuneConfig, config, list(overrides) + extra)
     n = len(cfg.variants) or 1
-    return [configlib.to_container(single_variant(cfg, str(i))) for i in range(n)], cfg
+    return [config_base.to_container(single_variant(cfg, str(i))) for i in range(n)], cfg
 
 
 def submit_finetune(config: str | None, overrides: list[str] = (), slurm_overrides: list[str] = (),

@@ -11,7 +11,7 @@ The cell is the one bilm-tf builds with TF's `LSTMCell(num_units, num_proj, cell
 
 Clipping inside the recurrence is why cuDNN's and PyTorch's LSTM kernels can't run it. Written as
 autograd ops, one step records about fifteen small operations whose backward autograd then replays
-one by one, several times the cost of `nn.LSTM` (README, Performance). Here the forward runs without recording, into
+one by one, several times the cost of `nn.LSTM` (docs/performance.md). Here the forward runs without recording, into
 buffers allocated once per window, and the backward is the same chain rule written out by hand
 (backpropagation through time): per step two matrix products and a few elementwise passes, with
 the weight gradients of all steps summed in one matrix product each at the end. On CUDA each

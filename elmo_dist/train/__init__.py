@@ -1,1 +1,1 @@
-"""Pretraining machinery: the Accelerator, the training loop, checkpoints, evaluation and metrics."""
+"""Pretraining: the training loop, held-out evaluation, the checks before a resume, export and warm start."""

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from elmo_dist.config import ARCH_KEYS, load_config, save_config
+from elmo_dist.config import ARCH_KEYS, PretrainConfig, load, save_config
 from elmo_dist.data.batching import eval_batches, eval_length
 from elmo_dist.data.corpus import PreparedCorpus
 from elmo_dist.data.vocab import BOS_ID, EOS_ID
@@ -81,7 +81,7 @@ def evaluate_bilm(model, corpus: PreparedCorpus, data_cfg, device, reduce=None, 
     model.train(was_training)
     nll_f, nll_b, n_f, n_b = totals.tolist()
     assert n_f == n_b, "every held-out token is predicted once in each direction"
-    # the lanes and their warm-up context are part of what the figure means (README, Evaluation)
+    # the lanes and their warm-up context are part of what the figure means (docs/pretraining.md, Evaluate)
     return {**ppl_summary(nll_f, nll_b, n_f), "val_tokens": int(n_f), "val_lanes": data_cfg.eval_batch_size,
             "val_context_tokens": context}
 
@@ -131,7 +131,7 @@ def evaluate_checkpoint(path: str, overrides: list[str], out: str | None = None)
         raise CheckpointError(f"{saved.path}: imported without a softmax, so it has no perplexity; import with "
                               "--vocab and --softmax, or train one: elmo-dist pretrain CONFIG train.init_from="
                               + str(saved.path))
-    cfg = load_config(saved.path / "config.yaml", overrides, text=saved.config_text)
+    cfg = load(PretrainConfig, saved.path / "config.yaml", overrides, text=saved.config_text)
     _refuse_model_change(saved, cfg)
     corpus = PreparedCorpus(cfg.data.dir, cfg.model.max_chars_per_token)
     run_vocab = saved.home / "vocab.txt"

@@ -14,7 +14,8 @@ from pathlib import Path
 
 from elmo_dist.errors import OutputError
 from elmo_dist.files import need_space, refuse_overwrite, same_file, writable_dir
-from elmo_dist.runs import EXPORT_FILES, SavedRun, open_run, write_export
+from elmo_dist.runs import EXPORT_FILES, SavedRun, open_run
+from elmo_dist.runtime.checkpoint import write_export
 
 
 def fp32_weights(saved: SavedRun) -> dict:
@@ -31,7 +32,7 @@ def fp32_weights(saved: SavedRun) -> dict:
 def export_run(path: str | Path, out: str | Path | None = None) -> dict:
     """Write the export layout of `path`'s weights to `out` (default RUN/export). The output is
     checked first: never the directory exported from or any file it reads, writable, and with room
-    for the weights; it is complete only once `export.json` is written (elmo_dist.runs.write_export)."""
+    for the weights; it is complete only once `export.json` is written (elmo_dist.runtime.checkpoint.write_export)."""
     saved = open_run(path)
     out = Path(out) if out else saved.home / "export"
     for d in (saved.path, saved.home):

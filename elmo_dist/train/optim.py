@@ -1,11 +1,8 @@
-"""The optimizer and its learning-rate schedule, from the `optim` config section.
+"""Pretraining's optimizer, from the `optim` config section (its schedule: elmo_dist.runtime.schedule).
 
     optimizer = build_optimizer(cfg.optim, model.parameters())
-    lr = lr_at(cfg.optim, step, cfg.train.max_steps)
 """
 from __future__ import annotations
-
-import math
 
 import torch
 
@@ -21,21 +18,3 @@ def build_optimizer(cfg: OptimConfig, params) -> torch.optim.Optimizer:
                                    weight_decay=cfg.weight_decay, **impl)
     return torch.optim.Adam(params, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay,
                             **impl)
-
-
-def scheduled_lr(lr: float, step: int, total_steps: int, warmup_steps: int = 0, decay: str = "none",
-                 min_lr_ratio: float = 0.0) -> float:
-    """The learning rate of 0-based `step`: linear warmup over `warmup_steps`, then constant (decay none),
-    linear or cosine decay from lr to min_lr_ratio x lr at `total_steps`."""
-    if step < warmup_steps:
-        return lr * (step + 1) / warmup_steps
-    if decay == "none":
-        return lr
-    frac = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
-    scale = 1 - frac if decay == "linear" else 0.5 * (1 + math.cos(math.pi * frac))
-    return lr * (min_lr_ratio + (1 - min_lr_ratio) * scale)
-
-
-def lr_at(cfg: OptimConfig, step: int, max_steps: int) -> float:
-    """Pretraining's learning rate at `step` of `max_steps` (the `optim` section's schedule)."""
-    return scheduled_lr(cfg.lr, step, max_steps, cfg.warmup_steps, cfg.decay, cfg.min_lr_ratio)

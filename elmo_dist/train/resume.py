@@ -3,7 +3,7 @@ checkpoint fits the command that wants to resume it.
 
     check_fits(latest, cfg, vocab)                   # architecture and vocabulary, or CheckpointError
     same_layout = check_layout(path, state, cfg, n)  # ZeRO layout, or CheckpointError; False = fresh LSTM state
-    good = set_aside_unusable(run_dir, corpus, cfg)  # after a divergence: the newest usable checkpoint
+    good = set_aside_unusable(checkpointer, corpus, cfg)  # after a divergence: the newest usable checkpoint
     done = finished_summary(cfg)                     # the summary of a run already at train.max_steps, or None
 
 Each refusal is one line naming the checkpoint and what to do instead.
@@ -16,17 +16,18 @@ from pathlib import Path
 
 import torch
 
-from elmo_dist.config import Config, arch_diff, load_config
+from elmo_dist.config import PretrainConfig, arch_diff, load
 from elmo_dist.data.batching import eval_batches
 from elmo_dist.data.corpus import PreparedCorpus
 from elmo_dist.data.vocab import Vocabulary
 from elmo_dist.errors import CheckpointError
-from elmo_dist.runs import checkpoint_dir, find_latest, list_steps, open_run, verify
+from elmo_dist.runs import open_run
+from elmo_dist.runtime.checkpoint import Checkpointer
+from elmo_dist.runtime.logs import log
 from elmo_dist.train.evaluate import to_device
-from elmo_dist.train.metrics import log
 
 
-def finished_summary(cfg: Config) -> dict | None:
+def finished_summary(cfg: PretrainConfig) -> dict | None:
     """The saved summary of a run that has reached train.max_steps (its newest intact checkpoint is
     the step its summary.json reports as finished), else None. Running a finished run's command
     again must change nothing: before this check it re-saved the final checkpoint and rewrote
@@ -38,20 +39,20 @@ def finished_summary(cfg: Config) -> dict | None:
         return None
     if not summary.get("finished") or not isinstance(summary.get("steps"), int):
         return None
-    latest = find_latest(run_dir)
+    latest = Checkpointer(run_dir, cfg.checkpoint.keep_last).newest()
     if latest is None or int(json.loads((latest / "trainer_state.json").read_text())["step"]) != summary["steps"]:
         return None
     return summary if summary["steps"] >= cfg.train.max_steps else None
 
 
-def check_fits(latest: Path, cfg: Config, vocab: Vocabulary) -> None:
+def check_fits(latest: Path, cfg: PretrainConfig, vocab: Vocabulary) -> None:
     """Refuse to resume `latest` under another architecture or another vocabulary: softmax rows and
     embeddings are indexed by word id, so a new vocabulary would silently give them other words'
     meanings (and rewrite the run's vocab.txt, which describes its existing checkpoints)."""
     if cfg.checkpoint.resume == "never":
         raise CheckpointError(f"{cfg.train.run_dir}: has checkpoints and checkpoint.resume=never; "
                               "use a new train.run_dir")
-    diff = arch_diff(load_config(latest / "config.yaml").model, cfg.model)
+    diff = arch_diff(load(PretrainConfig, latest / "config.yaml").model, cfg.model)
     if diff:
         raise CheckpointError(f"{latest}: architecture differs from the config ({'; '.join(diff)}); "
                               "use a new train.run_dir")
@@ -62,7 +63,7 @@ def check_fits(latest: Path, cfg: Config, vocab: Vocabulary) -> None:
                               f"with train.init_from={latest} to carry its weights over")
 
 
-def check_layout(path: Path, state: dict, cfg: Config, num_processes: int) -> bool:
+def check_layout(path: Path, state: dict, cfg: PretrainConfig, num_processes: int) -> bool:
     """Whether the checkpoint's processes x rows x window layout is this run's (so the carried LSTM
     state fits where the data continues).
 
@@ -89,7 +90,7 @@ def check_layout(path: Path, state: dict, cfg: Config, num_processes: int) -> bo
 
 
 @torch.no_grad()
-def usable(path: Path, corpus: PreparedCorpus, cfg: Config) -> bool:
+def usable(path: Path, corpus: PreparedCorpus, cfg: PretrainConfig) -> bool:
     """Whether a checkpoint can be continued from and evaluated: every weight finite, and the exact
     (full-softmax) loss of one held-out window finite. A run whose first updates were finite but
     absurd (lr 1e30: weights of 8e28) saved checkpoints that passed the first test and failed the
@@ -105,17 +106,16 @@ def usable(path: Path, corpus: PreparedCorpus, cfg: Config) -> bool:
     return math.isfinite(float(out["nll_fwd"] + out["nll_bwd"]))
 
 
-def set_aside_unusable(run_dir: Path, corpus: PreparedCorpus, cfg: Config) -> Path | None:
+def set_aside_unusable(checkpointer: Checkpointer, corpus: PreparedCorpus, cfg: PretrainConfig) -> Path | None:
     """After a divergence: the newest complete checkpoint that is `usable`. Newer ones that are not
-    are renamed `rejected-step-N` (kept for inspection, never resumed), so that running the same
+    are set aside as `rejected-step-N` (kept for inspection, never resumed), so that running the same
     command again continues from the good one."""
-    root = checkpoint_dir(run_dir)
-    for step in reversed(list_steps(root)):
-        path = root / f"step-{step}"
-        if verify(path) is not None:
+    for step in reversed(checkpointer.steps()):
+        path = checkpointer.root / f"step-{step}"
+        if checkpointer.verify(path) is not None:
             continue  # half-written or damaged: resuming skips it anyway
         if usable(path, corpus, cfg):
             return path
-        path.rename(root / f"rejected-step-{step}")
-        log.warning("%s: not finite or not evaluable; set aside as %s", path, root / f"rejected-step-{step}")
+        aside = checkpointer.set_aside(path)
+        log.warning("%s: not finite or not evaluable; set aside as %s", path, aside)
     return None

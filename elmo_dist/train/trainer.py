@@ -13,27 +13,29 @@ from __future__ import annotations
 import json
 import os
 import time
-from contextlib import nullcontext
 from pathlib import Path
 
 import torch
 
-from elmo_dist.config import Config, save_config, to_yaml
+from elmo_dist.config import PretrainConfig, save_config, to_yaml
 from elmo_dist.data.batching import WindowBatcher
 from elmo_dist.data.corpus import PreparedCorpus
-from elmo_dist.errors import DataError, DiskFull, OutputError, TrainingDiverged
+from elmo_dist.errors import DataError, OutputError, TrainingDiverged
 from elmo_dist.files import same_file
 from elmo_dist.model import build_bilm
-from elmo_dist.runs import find_latest, list_steps, load_tensors, load_weights
-from elmo_dist.train import checkpoint as ckpt
-from elmo_dist.train.accel import build_accelerator, ranks_in_sync, shut_down
+from elmo_dist.runs import resolve_device
+from elmo_dist.runtime import checkpoint as ckpt
+from elmo_dist.runtime.accel import broadcast, build_accelerator, ranks_in_sync, resolve_precision, shut_down
+from elmo_dist.runtime.deepspeed_config import deepspeed_config
+from elmo_dist.runtime.lock import RunDirLock, own_run_dir
+from elmo_dist.runtime.logs import log, setup_logging
+from elmo_dist.runtime.metrics import MetricsLogger, progress_bar
+from elmo_dist.runtime.schedule import lr_at
+from elmo_dist.runtime.stop import StopReason, StopRequest
 from elmo_dist.train.evaluate import evaluate_bilm, perplexity, to_device, unigram_ppl
 from elmo_dist.train.guard import NonFiniteGuard, Verdict, nan_unless_finite
-from elmo_dist.train.lock import RunDirLock, own_run_dir
-from elmo_dist.train.metrics import MetricsLogger, log, progress_bar, setup_logging
-from elmo_dist.train.optim import build_optimizer, lr_at
+from elmo_dist.train.optim import build_optimizer
 from elmo_dist.train.resume import check_fits, check_layout, finished_summary, set_aside_unusable
-from elmo_dist.train.stop import StopReason, StopRequest
 from elmo_dist.train.warm_start import warm_start
 
 
@@ -48,9 +50,14 @@ class Trainer:
     checkpoint if it has one, so `evaluate()` or `train_step()` may be called on their own.
     """
 
-    def __init__(self, cfg: Config, stop_at_step: int = 0):
+    def __init__(self, cfg: PretrainConfig, stop_at_step: int = 0):
         self.cfg, self.stop_at_step = cfg, stop_at_step
-        self.accelerator = acc = build_accelerator(cfg)
+        dist = cfg.dist
+        # resolved before the run's files are written, so the saved config says what actually ran
+        dist.mixed_precision = resolve_precision(dist.mixed_precision, resolve_device(cfg.train.device))
+        zero = (lambda world_size: deepspeed_config(cfg, world_size)) if dist.zero_stage else None
+        self.accelerator = acc = build_accelerator(cfg.train.device, dist, dist.mixed_precision,
+                                                   dist.gradient_accumulation_steps, deepspeed=zero)
         setup_logging(acc.is_main_process)
         self.run_dir = Path(cfg.train.run_dir)
         if same_file(self.run_dir, cfg.data.dir):
@@ -58,10 +65,12 @@ class Trainer:
                               "replace the prepared corpus's. Choose another train.run_dir")
         self.lock = RunDirLock(self.run_dir)
         own_run_dir(self.lock, acc.is_main_process, self._broadcast)
+        self.checkpointer = ckpt.Checkpointer(self.run_dir, cfg.checkpoint.keep_last, acc.is_main_process,
+                                              self._broadcast, acc.wait_for_everyone)
         self.corpus = PreparedCorpus(cfg.data.dir, cfg.model.max_chars_per_token)
         torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
         self.model = build_bilm(cfg.model, len(self.corpus.vocab))
-        if cfg.train.init_from and not list_steps(self.run_dir / "checkpoints"):
+        if cfg.train.init_from and not self.checkpointer.steps():
             log.info(warm_start(self.model, cfg, self.corpus.vocab, cfg.train.init_from))
         if cfg.train.compile:
             self.model.compile()  # in place: parameter names (and so checkpoints) stay the same
@@ -112,36 +121,14 @@ class Trainer:
         return model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
 
     def save(self) -> Path:
-        """Write the checkpoint of the current step (every rank takes part). DiskFull, before anything
-        is written, if the disk can't hold it, or after a write that failed for want of space; the
-        half-written checkpoint is removed and the older ones stay as they were."""
-        acc, rank = self.accelerator, self.accelerator.process_index
-        tmp = self.run_dir / "checkpoints" / f".tmp-step-{self.step}"
-        needed = ckpt.expected_bytes(self.run_dir, ckpt.tensor_bytes(self.model, self.optimizer, self.uses_deepspeed))
-        refusal = ckpt.room_for(self.run_dir, self.step, needed) if acc.is_main_process else None
-        refusal = self._broadcast(refusal)
-        if refusal:
-            raise DiskFull(refusal)
-        if acc.is_main_process:
-            tmp = ckpt.begin(self.run_dir, self.step)
-        acc.wait_for_everyone()
-        try:
-            self._write_checkpoint(tmp, rank)
-        except Exception as e:
-            raise ckpt.failed_write(e, tmp, self.run_dir, self.step, needed) from None
-        acc.wait_for_everyone()
-        final = self.run_dir / "checkpoints" / f"step-{self.step}"
-        if acc.is_main_process:
-            try:
-                final = ckpt.commit(tmp, self.step, self.cfg.checkpoint.keep_last)
-            except Exception as e:
-                raise ckpt.failed_write(e, tmp, self.run_dir, self.step, needed) from None
-            log.info("saved checkpoint %s", final)
-        acc.wait_for_everyone()
+        """Write the checkpoint of the current step (every rank takes part; see Checkpointer.save)."""
+        needed = ckpt.tensor_bytes(self.model, self.optimizer, self.uses_deepspeed)
+        final = self.checkpointer.save(self.step, self._write_checkpoint, needed)
+        log.info("saved checkpoint %s", final)
         return final
 
-    def _write_checkpoint(self, tmp: Path, rank: int) -> None:
-        acc = self.accelerator
+    def _write_checkpoint(self, tmp: Path) -> None:
+        acc, rank = self.accelerator, self.accelerator.process_index
         if self.uses_deepspeed:
             weights = acc.get_state_dict(self.model)  # every rank takes part: ZeRO-3 gathers the shards
             # ZeRO-partitioned weights and optimizer state, one file per rank
@@ -150,19 +137,18 @@ class Trainer:
             weights = self._bare_model().state_dict()
         if acc.is_main_process:
             optimizer = None if self.uses_deepspeed else self.optimizer.state_dict()
-            ckpt.write_main(tmp, weights, self.state_dict(), self.cfg, optimizer)
+            ckpt.write_trainer_files(tmp, weights, self.state_dict(), self.cfg, optimizer)
         rng = {"cpu": torch.get_rng_state()}
         if torch.cuda.is_available():
             rng["cuda"] = torch.cuda.get_rng_state()
         lstm = [] if self.state is None else [t for d in self.state for h, c in d for t in (h, c)]
-        ckpt.write_rank(tmp, rank, rng, lstm)
+        ckpt.write_rank_files(tmp, rank, rng, lstm)
 
     def _resume(self) -> None:
-        if self.accelerator.is_main_process:
-            for name in ckpt.remove_partial(self.run_dir):
-                log.warning("removed %s, a checkpoint whose writing was interrupted", name)
+        for name in self.checkpointer.remove_partial():
+            log.warning("removed %s, a checkpoint whose writing was interrupted", name)
         self.accelerator.wait_for_everyone()
-        latest = find_latest(self.run_dir, log=log.warning)
+        latest = self.checkpointer.newest(log=log.warning)
         if latest is not None:
             check_fits(latest, self.cfg, self.corpus.vocab)
             self.load(latest)
@@ -170,22 +156,21 @@ class Trainer:
     def load(self, path: Path) -> None:
         """Resume from the checkpoint at `path`: weights, optimizer, trainer state, RNG and LSTM state."""
         acc, rank = self.accelerator, self.accelerator.process_index
-        state = ckpt.read_trainer_state(path)
-        same_layout = check_layout(path, state, self.cfg, acc.num_processes)
+        saved = self.checkpointer.load(path, rank)
+        same_layout = check_layout(path, saved.state, self.cfg, acc.num_processes)
         if self.uses_deepspeed:
             acc.deepspeed_engine_wrapped.engine.load_checkpoint(str(path / "deepspeed"), tag="state")
         else:
-            self._bare_model().load_state_dict(load_weights(path))
-            self.optimizer.load_state_dict(load_tensors(path / "optimizer.pt"))
-        rng, lstm = ckpt.read_rank(path, rank)
-        if rng is not None:
-            torch.set_rng_state(rng["cpu"])
-            if "cuda" in rng and torch.cuda.is_available():
-                torch.cuda.set_rng_state(rng["cuda"])
+            self._bare_model().load_state_dict(saved.weights())
+            self.optimizer.load_state_dict(saved.optimizer())
+        if saved.rng is not None:
+            torch.set_rng_state(saved.rng["cpu"])
+            if "cuda" in saved.rng and torch.cuda.is_available():
+                torch.cuda.set_rng_state(saved.rng["cuda"])
         else:  # a rank the checkpoint didn't have
-            torch.manual_seed(self.cfg.train.seed + 1 + rank + state["step"])
-        self.state = self._lstm_state(lstm) if same_layout and lstm else None
-        self.load_state_dict(state)
+            torch.manual_seed(self.cfg.train.seed + 1 + rank + saved.state["step"])
+        self.state = self._lstm_state(saved.lstm) if same_layout and saved.lstm else None
+        self.load_state_dict(saved.state)
         log.info("resumed from %s at step %d", path, self.step)
 
     def _lstm_state(self, flat: list):
@@ -252,7 +237,8 @@ class Trainer:
             log.warning("step %d: non-finite loss or gradient; update skipped (%d in a row, %d in all)",
                         self.step, g.streak, g.skipped)
             return
-        good = set_aside_unusable(self.run_dir, self.corpus, self.cfg) if self.accelerator.is_main_process else None
+        main = self.accelerator.is_main_process
+        good = set_aside_unusable(self.checkpointer, self.corpus, self.cfg) if main else None
         kept = (f"the last good checkpoint is {good} (finite and evaluable; later ones were set aside as "
                 "rejected-step-N)" if good else "no checkpoint is finite and evaluable, so the run starts over")
         raise TrainingDiverged(f"step {self.step}: {g.streak} step(s) in a row with a non-finite loss or gradient "
@@ -281,11 +267,7 @@ class Trainer:
         return torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params])).detach()
 
     def _broadcast(self, obj):
-        if self.accelerator.num_processes == 1:
-            return obj
-        from accelerate.utils import broadcast_object_list
-
-        return broadcast_object_list([obj])[0]
+        return broadcast(self.accelerator, obj)
 
     def _reduce(self, t: torch.Tensor) -> torch.Tensor:
         return self.accelerator.reduce(t, reduction="sum") if self.accelerator.num_processes > 1 else t
@@ -332,20 +314,20 @@ class Trainer:
         corpus = {"tokenizer": opts["tokenizer"], "lowercase": opts["lowercase"], "data_dir": str(self.corpus.dir)}
         (self.run_dir / "corpus.json").write_text(json.dumps(corpus, indent=1))
 
-    def train(self, stopper: StopRequest | None = None) -> dict:
+    def train(self, stopper: StopRequest) -> dict:
         """Train from the current step to train.max_steps (or --stop-at-step, or a stop request);
         the run's summary (also written to RUN_DIR/summary.json). The run directory's lock is
-        released at the end, however it ends. `stopper`: signal handling the caller already owns
-        (the CLI's, for the whole command); by default the loop installs its own for its duration."""
+        released at the end, however it ends. `stopper`: the command's stop signals and deadline
+        (elmo_dist.runtime.stop), which the loop polls at every step boundary."""
         try:
             return self._train(stopper)
         finally:
             self.lock.release()
 
-    def _train(self, stopper: StopRequest | None) -> dict:
+    def _train(self, stopper: StopRequest) -> dict:
         cfg, acc = self.cfg, self.accelerator
         if self.step >= cfg.train.max_steps:  # killed after its final checkpoint, before its summary
-            return self._finish(self.evaluate(), find_latest(self.run_dir), self.step, None)
+            return self._finish(self.evaluate(), self.checkpointer.newest(), self.step, None)
         self._write_run_files()
         self.metrics.text("config", to_yaml(cfg), self.step)
         stop = min(cfg.train.max_steps, self.stop_at_step or cfg.train.max_steps)
@@ -353,17 +335,15 @@ class Trainer:
                  acc.num_processes, acc.device, sum(p.numel() for p in self.model.parameters()) / 1e6)
         start_step, t0 = self.step, time.perf_counter()
         # signals that arrive mid-step are recorded and acted on at the step boundary, saves included
-        owned = stopper or StopRequest.from_env(cfg.train.stop_signals, cfg.train.deadline_margin_s)
-        with nullcontext(owned) if stopper else owned:
-            res = self._loop(stop, owned)
-            train_seconds = time.perf_counter() - t0
-            if self.step >= cfg.train.max_steps:
-                res = self.evaluate()
-            path = self.save() if not self.guard.streak else self._no_save_in_streak()
+        res = self._loop(stop, stopper)
+        train_seconds = time.perf_counter() - t0
+        if self.step >= cfg.train.max_steps:
+            res = self.evaluate()
+        path = self.save() if not self.guard.streak else self._no_save_in_streak()
         return self._finish(res, path, start_step, train_seconds)
 
     def _no_save_in_streak(self) -> Path | None:
-        latest = find_latest(self.run_dir)
+        latest = self.checkpointer.newest()
         log.warning("step %d is inside a streak of %d non-finite steps: no checkpoint written; the newest is %s",
                     self.step, self.guard.streak, latest)
         return latest
@@ -413,11 +393,11 @@ class Trainer:
         return self.summary
 
 
-def pretrain(cfg: Config, stop_at_step: int = 0, stopper: StopRequest | None = None) -> tuple[dict, bool]:
+def pretrain(cfg: PretrainConfig, stopper: StopRequest, stop_at_step: int = 0) -> tuple[dict, bool]:
     """Train (or resume) a run: (its summary, whether this is the main process).
 
     summary["stopped"] is None when the run reached its step target, else why it stopped early
-    (a checkpoint was written; running it again resumes): see elmo_dist.train.stop. A run that has
+    (a checkpoint was written; running it again resumes): see elmo_dist.runtime.stop. A run that has
     already reached train.max_steps is not touched: its saved summary comes back, with
     "already_finished" set (a larger train.max_steps extends it instead).
     """

@@ -9,7 +9,7 @@ Only a fresh run starts this way: a run with checkpoints resumes from them and i
 """
 from __future__ import annotations
 
-from elmo_dist.config import Config, arch_diff
+from elmo_dist.config import PretrainConfig, arch_diff
 from elmo_dist.data.vocab import Vocabulary
 from elmo_dist.errors import CheckpointError
 from elmo_dist.runs import open_run
@@ -17,7 +17,7 @@ from elmo_dist.runs import open_run
 SOFTMAX_KEYS = ("softmax", "adaptive_cutoffs")
 
 
-def warm_start(model, cfg: Config, vocab: Vocabulary, path: str) -> str:
+def warm_start(model, cfg: PretrainConfig, vocab: Vocabulary, path: str) -> str:
     """Load `path`'s weights into `model`; a line saying what was taken."""
     saved = open_run(path)
     diff = [d for d in arch_diff(saved.config.model, cfg.model) if d.split(":")[0].split(".")[1] not in SOFTMAX_KEYS]

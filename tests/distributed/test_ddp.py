@@ -13,6 +13,8 @@ from elmo_dist.runs import open_run
 
 from conftest import REPO, TINY_OVERRIDES, adagrad_f32_atol, ppl_rtol, run_cli
 
+pytestmark = pytest.mark.slow(seconds=190)  # its serial seconds: conftest starts the slowest first
+
 # full softmax and no dropout: no random draws, so the runs must agree to rounding
 EXACT = ["model.softmax=full", "model.dropout=0", "train.max_steps=12", "train.eval_every=6", "checkpoint.every=0",
          "optim.name=adagrad", "optim.lr=0.2"]

@@ -9,9 +9,10 @@ import sys
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
-from conftest import REPO, TINY_OVERRIDES, finetune_f32_bounds, run_cli, write_order_task
+from conftest import REPO, TINY_OVERRIDES, best_weights, finetune_f32_bounds, run_cli, write_order_task
+
+pytestmark = pytest.mark.slow(seconds=51)  # its serial seconds: conftest starts the slowest first
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 # no dropout anywhere: the processes draw no random numbers that one process would draw differently
@@ -54,8 +55,8 @@ def test_two_processes_equal_one(mode, bilm, tmp_path):
     for variant, a in one["variants"].items():
         b = two["variants"][variant]
         assert b["best_epoch"] == a["best_epoch"]
-        wa = load_file(str(tmp_path / "one" / variant / "best.safetensors"))
-        wb = load_file(str(tmp_path / "two" / variant / "best.safetensors"))
+        wa = best_weights(tmp_path / "one" / variant)
+        wb = best_weights(tmp_path / "two" / variant)
         # at most 3 epochs x 10 batches (97 documents, 10 a batch); finetune_f32_bounds says where they come from
         atol, rtol = finetune_f32_bounds(bilm, wa, 30, variant, mode == "trainable", n_docs=97)
         assert wa.keys() == wb.keys()

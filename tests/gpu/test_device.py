@@ -26,7 +26,7 @@ import numpy as np
 import pytest
 import torch
 
-from elmo_dist.config import load_config
+from elmo_dist.config import PretrainConfig, load
 from elmo_dist.data.batching import WindowBatcher
 from elmo_dist.data.corpus import PreparedCorpus
 from elmo_dist.model.bilm import BiLM
@@ -42,8 +42,8 @@ CUDA_ONLY = pytest.mark.skipif(DEVICE != "cuda", reason="fp16 needs CUDA")
 
 
 def _model_and_batch(corpus_dir, *overrides: str):
-    cfg = load_config(REPO / "configs/debug.yaml", [f"data.dir={corpus_dir}", *TINY_OVERRIDES, "model.dropout=0",
-                                                    *overrides])
+    cfg = load(PretrainConfig, REPO / "configs/debug.yaml",
+               [f"data.dir={corpus_dir}", *TINY_OVERRIDES, "model.dropout=0", *overrides])
     corpus = PreparedCorpus(cfg.data.dir, cfg.model.max_chars_per_token)
     torch.manual_seed(0)
     model = BiLM(cfg.model, len(corpus.vocab))
@@ -140,9 +140,9 @@ def test_clipped_cell_on_the_device_equals_the_cpu_reference(kernel):
 def test_fp16_overflowing_steps_are_skipped_and_counted(tmp_path, grammar_corpus):
     from elmo_dist.train.trainer import Trainer
 
-    cfg = load_config(REPO / "configs/debug.yaml", [f"data.dir={grammar_corpus}", f"train.run_dir={tmp_path / 'r'}",
-                                                    *TINY_OVERRIDES, "train.device=cuda", "dist.mixed_precision=fp16",
-                                                    "train.eval_every=0", "checkpoint.every=0"])
+    cfg = load(PretrainConfig, REPO / "configs/debug.yaml",
+               [f"data.dir={grammar_corpus}", f"train.run_dir={tmp_path / 'r'}", *TINY_OVERRIDES, "train.device=cuda",
+                "dist.mixed_precision=fp16", "train.eval_every=0", "checkpoint.every=0"])
     trainer = Trainer(cfg)
     for _ in range(3):
         trainer.train_step(trainer.next_batch())

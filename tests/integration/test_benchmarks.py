@@ -8,7 +8,11 @@ import subprocess
 import sys
 import tarfile
 
+import pytest
+
 from conftest import REPO
+
+pytestmark = pytest.mark.slow(seconds=132)  # its serial seconds: conftest starts the slowest first
 
 
 def bench(name: str, *args: str, out) -> dict:

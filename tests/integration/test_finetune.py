@@ -10,7 +10,9 @@ import pytest
 from safetensors.torch import load_file
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from conftest import EPS32, REPO, f32_bound, order_task_sentence, run_cli, write_order_task
+from conftest import EPS32, REPO, best_weights, f32_bound, order_task_sentence, run_cli, write_order_task
+
+pytestmark = pytest.mark.slow(seconds=92)  # its serial seconds: conftest starts the slowest first
 
 FAST = ["train.device=cpu", "train.epochs=12", "train.patience=12", "train.batch_size=16", "optim.lr=0.003",
         "classifier.hidden_dim=64", "classifier.dropout=0.1", "bilm.batch_size=64"]
@@ -41,9 +43,9 @@ def test_every_variant_learns_a_context_dependent_label(variants_run):
 
 def test_frozen_weights_stay_fixed_and_scalar_mix_learns_them(variants_run):
     run, _ = variants_run
-    frozen = load_file(str(run / "frozen" / "best.safetensors"))
+    frozen = best_weights(run / "frozen")
     assert frozen["classifier.mix.weights"].abs().max() == 0 and float(frozen["classifier.mix.gamma"]) == 1.0
-    mixed = load_file(str(run / "scalar_mix" / "best.safetensors"))
+    mixed = best_weights(run / "scalar_mix")
     assert mixed["classifier.mix.weights"].abs().max() > 1e-3
     m = json.loads((run / "scalar_mix" / "metrics.json").read_text())
     # a float32 softmax (sum within 3 EPS32 of 1), each weight rounded to 4 decimals (0.5e-4)
@@ -149,7 +151,7 @@ def test_same_seed_same_result_and_trainable_bilm_moves(tmp_path, tiny_bilm):
     b = json.loads((tmp_path / "b" / "scalar_mix" / "metrics.json").read_text())
     assert a == b
     run_cli(*args, f"train.run_dir={tmp_path / 't'}", "bilm.trainable=true", "bilm.lr=0.01")
-    tuned = load_file(str(tmp_path / "t" / "scalar_mix" / "best.safetensors"))
+    tuned = best_weights(tmp_path / "t" / "scalar_mix")
     pretrained = load_file(str(sorted((tiny_bilm / "checkpoints").iterdir())[-1] / "model.safetensors"))
     name = "forward_lstm.layers.0.lstm.weight_hh_l0"
     assert (tuned["bilm." + name] - pretrained[name]).abs().max() > 1e-4

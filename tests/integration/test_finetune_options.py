@@ -10,6 +10,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from conftest import REPO, order_task_sentence, run_cli, write_order_task
 
+pytestmark = pytest.mark.slow(seconds=33)  # its serial seconds: conftest starts the slowest first
+
 FAST = ["train.device=cpu", "train.batch_size=16", "optim.lr=0.01", "classifier.dropout=0", "classifier.hidden_dim=32",
         "classifier.token_dim=32", "baseline=false"]
 

@@ -25,7 +25,15 @@ def texts(tmp_path_factory):
 def build(embedder, texts, root, max_tokens=50, logs=None):
     tokens = lambda i: embedder.tokenize(texts[i])[:max_tokens]  # noqa: E731
     return open_or_build(embedder, texts, tokens, max_tokens, root, batch_size=7,
-                         weights=weights_digest(embedder.model), log=(logs.append if logs is not None else None))
+                         weights=weights_digest(embedder.model), acc=one_process(),
+                         log=(logs.append if logs is not None else None))
+
+
+def one_process():
+    from elmo_dist.config.finetune import FinetuneDist
+    from elmo_dist.runtime.accel import build_accelerator
+
+    return build_accelerator("cpu", FinetuneDist())
 
 
 def test_the_cache_holds_what_the_live_biLM_gives(tiny_bilm, texts, tmp_path):

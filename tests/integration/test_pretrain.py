@@ -10,6 +10,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from conftest import EPS32, REPO, TINY_OVERRIDES, run_cli
 
+pytestmark = pytest.mark.slow(seconds=41)  # its serial seconds: conftest starts the slowest first
+
 
 def pretrain(run_dir, data_dir, *extra, check=True):
     return run_cli("pretrain", str(REPO / "configs/debug.yaml"), f"data.dir={data_dir}", f"train.run_dir={run_dir}",

@@ -19,11 +19,13 @@ import numpy as np
 import pytest
 import torch
 
-from elmo_dist.config import load_config, load_finetune_config
+from elmo_dist.config import FinetuneConfig, PretrainConfig, load
 from elmo_dist.errors import CheckpointError
 from elmo_dist.runs import open_run
 
 from conftest import REPO, TINY_OVERRIDES, f32_bound, ppl_rtol, run_cli, write_order_task
+
+pytestmark = pytest.mark.slow(seconds=100)  # its serial seconds: conftest starts the slowest first
 
 LAYOUTS = ["run", "step", "export", "zero3_export", "import", "import_export"]
 SAME_WEIGHTS = {"run", "step", "export"}  # the run's newest weights, bit for bit
@@ -126,7 +128,7 @@ def test_finetune_takes_every_layout(layout, layouts, tmp_path):
     from elmo_dist.classify.finetune import finetune
 
     data = write_order_task(tmp_path / "task.jsonl", 80, seed=1)
-    cfg = load_finetune_config(REPO / "configs/finetune.yaml", [
+    cfg = load(FinetuneConfig, REPO / "configs/finetune.yaml", [
         f"bilm.path={layouts[layout]}", f"data.train={data}", f"train.run_dir={tmp_path / 'ft'}", "train.epochs=1",
         "train.device=cpu", "variants=[frozen]", "baseline=false", "classifier.token_dim=16",
         "classifier.hidden_dim=16"])
@@ -142,7 +144,7 @@ def test_warm_start_takes_every_layout(layout, layouts, grammar_corpus, tmp_path
     source = open_run(layouts[layout])
     overrides = [f"data.dir={grammar_corpus}", f"train.run_dir={tmp_path / 'new'}", *TINY_OVERRIDES,
                  f"train.init_from={layouts[layout]}"]
-    trainer = Trainer(load_config(REPO / "configs/debug.yaml", overrides))
+    trainer = Trainer(load(PretrainConfig, REPO / "configs/debug.yaml", overrides))
     got, want = trainer.model.state_dict(), source.weights()
     encoder = [k for k in want if not k.startswith("softmax.")]
     assert all(torch.equal(got[k], want[k]) for k in encoder)

@@ -16,6 +16,8 @@ import pytest
 
 from conftest import REPO, TINY_OVERRIDES, run_cli, write_order_task
 
+pytestmark = pytest.mark.slow(seconds=148)  # its serial seconds: conftest starts the slowest first
+
 RUN = ["train.eval_every=0", "checkpoint.every=0", "train.max_steps=30"]
 
 

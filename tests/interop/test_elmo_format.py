@@ -17,6 +17,8 @@ from elmo_dist.embedder import Embedder
 
 from conftest import EPS32, REPO, TINY_OVERRIDES, f32_bound, ppl_rtol, run_cli
 
+pytestmark = pytest.mark.slow(seconds=60)  # its serial seconds: conftest starts the slowest first
+
 FILTERS = [[1, 4], [2, 4], [3, 8]]
 CHAR_DIM, HIGHWAY, CELLS, PROJ, LAYERS, CLIP = 4, 1, 12, 6, 2, 3.0
 SENTENCES = [["the", "cat", "sat", "on", "the", "mat", "."], ["Über", "naïve", "résumé", "!"], ["x"]]

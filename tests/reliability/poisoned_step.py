@@ -15,9 +15,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from elmo_dist.config import load_config  # noqa: E402
+from elmo_dist.config import PretrainConfig, load  # noqa: E402
 from elmo_dist.model.bilm import BiLM  # noqa: E402
-from elmo_dist.train.accel import shut_down  # noqa: E402
+from elmo_dist.runtime.accel import shut_down  # noqa: E402
 from elmo_dist.train.trainer import Trainer  # noqa: E402
 
 from conftest import REPO, TINY_OVERRIDES  # noqa: E402
@@ -26,7 +26,7 @@ BAD_STEP = 3
 
 
 def main(data: str, run: str, kind: str, ranks: str, *overrides: str) -> None:
-    cfg = load_config(REPO / "configs/debug.yaml", [
+    cfg = load(PretrainConfig, REPO / "configs/debug.yaml", [
         f"data.dir={data}", f"train.run_dir={run}", *TINY_OVERRIDES, "train.eval_every=0", "checkpoint.every=0",
         "train.max_steps=10", "optim.name=adam", "optim.lr=0.01", *overrides])
     trainer = Trainer(cfg)

@@ -13,6 +13,8 @@ import pytest
 
 from conftest import REPO, TINY_OVERRIDES, run_cli, write_grammar_corpus
 
+pytestmark = pytest.mark.slow(seconds=82)  # its serial seconds: conftest starts the slowest first
+
 DEBUG = str(REPO / "configs/debug.yaml")
 FINETUNE = str(REPO / "configs/finetune.yaml")
 

@@ -10,6 +10,8 @@ import pytest
 
 from conftest import REPO, run_cli
 
+pytestmark = pytest.mark.slow(seconds=28)  # its serial seconds: conftest starts the slowest first
+
 TINY = ["variants=[frozen]", "train.epochs=1", "train.device=cpu", "train.batch_size=16",
         "classifier.hidden_dim=64", "bilm.batch_size=64"]
 

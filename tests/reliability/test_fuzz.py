@@ -11,7 +11,7 @@ import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from elmo_dist.classify.data import read_examples
+from elmo_dist.classify.documents import read_examples
 from elmo_dist.data.char_ids import BOW_CHAR, EOW_CHAR, N_CHARS, PAD_CHAR, token_char_ids
 from elmo_dist.data.reader import _BLOCK, MAX_LINE_BYTES, Stats, read_line_runs
 from elmo_dist.errors import DataError

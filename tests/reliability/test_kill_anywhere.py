@@ -23,6 +23,8 @@ from safetensors.torch import load_file
 
 from conftest import REPO, TINY_OVERRIDES
 
+pytestmark = pytest.mark.slow(seconds=200)  # its serial seconds: conftest starts the slowest first
+
 STEPS = 500
 RUN = ["train.eval_every=0", "checkpoint.every=10", "checkpoint.keep_last=2", f"train.max_steps={STEPS}",
        "logging.log_every=10", "optim.name=adam", "optim.lr=0.01"]

@@ -12,16 +12,20 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from elmo_dist import runs
-from elmo_dist.config import load_config
+from elmo_dist.config import PretrainConfig, load
 from elmo_dist.errors import TrainingDiverged
+from elmo_dist.runtime.stop import stop_request
 from elmo_dist.train.trainer import Trainer
 
 from conftest import REPO, TINY_OVERRIDES, run_cli
 
+pytestmark = pytest.mark.slow(seconds=57)  # its serial seconds: conftest starts the slowest first
+
 
 def make_trainer(run, data, *extra) -> Trainer:
-    cfg = load_config(REPO / "configs/debug.yaml", [f"data.dir={data}", f"train.run_dir={run}", *TINY_OVERRIDES,
-                                                    "train.eval_every=0", "logging.log_every=4", *extra])
+    cfg = load(PretrainConfig, REPO / "configs/debug.yaml",
+               [f"data.dir={data}", f"train.run_dir={run}", *TINY_OVERRIDES, "train.eval_every=0",
+                "logging.log_every=4", *extra])
     return Trainer(cfg)
 
 
@@ -57,7 +61,7 @@ def test_bad_steps_are_skipped_counted_and_leave_the_weights_alone(tmp_path, gra
 def test_skips_reach_tensorboard_and_survive_resume(tmp_path, grammar_corpus, monkeypatch):
     poison(monkeypatch, {3})
     run = tmp_path / "run"
-    make_trainer(run, grammar_corpus, "train.max_steps=8", "checkpoint.every=4").train()
+    make_trainer(run, grammar_corpus, "train.max_steps=8", "checkpoint.every=4").train(stop_request([]))
     state = json.loads((run / "checkpoints" / "step-8" / "trainer_state.json").read_text())
     assert state["guard"]["skipped"] == 1
     ea = EventAccumulator(str(run / "tensorboard"))
@@ -71,7 +75,7 @@ def test_consecutive_bad_steps_stop_with_the_step_and_last_good_checkpoint(tmp_p
     trainer = make_trainer(run, grammar_corpus, "train.max_steps=40", "checkpoint.every=5",
                            "train.max_nonfinite_steps=3")
     with pytest.raises(TrainingDiverged) as err:
-        trainer.train()
+        trainer.train(stop_request([]))
     msg = str(err.value)
     assert msg.startswith("step 10: 3 step(s) in a row with a non-finite loss or gradient")
     assert f"the last good checkpoint is {run / 'checkpoints' / 'step-5'} (finite and evaluable" in msg
@@ -84,7 +88,7 @@ def test_mode_stop_stops_at_the_first_bad_step(tmp_path, grammar_corpus, monkeyp
     poison(monkeypatch, {3})
     trainer = make_trainer(tmp_path / "run", grammar_corpus, "train.max_steps=10", "train.nonfinite=stop")
     with pytest.raises(TrainingDiverged, match="^step 3: 1 step"):
-        trainer.train()
+        trainer.train(stop_request([]))
 
 
 def test_a_real_blow_up_ends_in_one_error_line(tmp_path, grammar_corpus):
@@ -105,7 +109,7 @@ def test_no_checkpoint_is_written_or_rotated_during_a_streak(tmp_path, grammar_c
     trainer = make_trainer(run, grammar_corpus, "train.max_steps=40", "checkpoint.every=2", "checkpoint.keep_last=2",
                            "train.max_nonfinite_steps=6")
     with pytest.raises(TrainingDiverged) as err:
-        trainer.train()
+        trainer.train(stop_request([]))
     assert str(err.value).startswith("step 12: 6 step(s) in a row")
     assert f"the last good checkpoint is {run / 'checkpoints' / 'step-6'}" in str(err.value)
     assert runs.list_steps(run / "checkpoints") == [4, 6]

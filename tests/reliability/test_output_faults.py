@@ -24,6 +24,8 @@ from elmo_dist import runs
 
 from conftest import REPO, one_error_line, pretrain_args, run_cli, write_grammar_corpus, write_order_task
 
+pytestmark = pytest.mark.slow(seconds=219)  # its serial seconds: conftest starts the slowest first
+
 
 def snapshot(root: Path) -> dict:
     """Every file under `root` (the run-directory lock aside): its bytes and inode, so that a file

@@ -17,6 +17,8 @@ from elmo_dist import runs
 
 from conftest import REPO, one_error_line, ppl_rtol, pretrain_args, run_cli, write_grammar_corpus, write_order_task
 
+pytestmark = pytest.mark.slow(seconds=193)  # its serial seconds: conftest starts the slowest first
+
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
 
@@ -292,7 +294,8 @@ def test_a_torchrun_killed_by_usr2_leaves_no_orphan_training_on(tmp_path, gramma
 
 
 def test_usr2_to_torchrun_with_signals_to_handle_checkpoints(tmp_path, grammar_corpus):
-    """The documented way (README, Preemption): torchrun forwards USR2 to the workers when told to."""
+    """The documented way (docs/distributed-and-slurm.md, Preemption): torchrun forwards USR2 to the
+    workers when told to."""
     run, log = tmp_path / "run", tmp_path / "log"
     proc = _torchrun(run, grammar_corpus, log, "--signals-to-handle", "SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR2")
     proc.send_signal(signal.SIGUSR2)

@@ -15,6 +15,8 @@ import pytest
 
 from conftest import REPO, TINY_OVERRIDES, run_cli
 
+pytestmark = pytest.mark.slow(seconds=23)  # its serial seconds: conftest starts the slowest first
+
 
 class Payload:
     """Unpickling this runs `touch MARKER`."""

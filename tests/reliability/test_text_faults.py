@@ -19,6 +19,8 @@ import pytest
 
 from conftest import REPO, TINY_OVERRIDES, run_cli, write_grammar_corpus
 
+pytestmark = pytest.mark.slow(seconds=22)  # its serial seconds: conftest starts the slowest first
+
 MIB = 1 << 20
 
 

@@ -1,4 +1,4 @@
-"""The one-way order of layers (README, Architecture), checked on the source itself.
+"""The one-way order of layers (docs/architecture.md), checked on the source itself.
 
 Every `import` in elmo_dist is read with `ast`, those inside functions included: a lazy import
 still makes one part depend on another. A part may import its own modules and parts of lower
@@ -24,8 +24,10 @@ LAYERS = [
     ["data"],
     ["model"],
     ["runs"],
+    ["runtime"],
     ["embedder", "train", "interop"],
     ["classify"],
+    ["commands"],
     ["launch"],
     ["cli"],
     ["__main__"],
@@ -146,3 +148,65 @@ def test_the_layer_checker_catches_an_upward_import(tmp_path, monkeypatch):
         assert "elmo_dist/model/bad.py:2 (model) imports elmo_dist.train.trainer (train)" in str(e)
     else:
         raise AssertionError("an upward import went unnoticed")
+
+
+# -- one owner for each shared concern (docs/architecture.md) -------------------------------------
+def calls(path: Path) -> list[tuple[str, int]]:
+    """Every call in `path` as the dotted name it is made through ('signal.signal', 'Accelerator',
+    'path.write_text'), with its line."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Call):
+            parts, f = [], node.func
+            while isinstance(f, ast.Attribute):
+                parts.append(f.attr)
+                f = f.value
+            if isinstance(f, ast.Name):
+                parts.append(f.id)
+            found.append((".".join(reversed(parts)), node.lineno))
+    return found
+
+
+def places(predicate) -> set[str]:
+    """The modules (paths relative to the package) with a call for which `predicate(name)` holds."""
+    return {str(p.relative_to(PACKAGE)) for p in sources() for name, _ in calls(p) if predicate(name)}
+
+
+def test_fine_tuning_and_launching_import_nothing_from_pretraining():
+    wrong = [f"{p.relative_to(REPO)}:{line} imports {t}" for p in sources()
+             if part_of(module_name(p)) in ("classify", "launch")
+             for t, line in imports(p) if part_of(t) == "train"]
+    assert not wrong, "\n".join(wrong)
+
+
+def test_runs_reads_saved_runs_and_writes_nothing():
+    writes = ("write_text", "write_bytes", "save_file", "save", "mkdir", "unlink", "rename", "replace", "rmtree",
+              "copyfile", "touch", "dump")
+    wrong = [f"runs.py:{line} calls {name}" for name, line in calls(PACKAGE / "runs.py")
+             if name.split(".")[-1] in writes]
+    opens = [line for name, line in calls(PACKAGE / "runs.py") if name == "open"]
+    source = (PACKAGE / "runs.py").read_text().splitlines()
+    wrong += [f"runs.py:{line} opens a file to write" for line in opens
+              if any(mode in source[line - 1] for mode in ('"w', '"a', "'w", "'a"))]
+    assert not wrong, "\n".join(wrong)
+
+
+def test_one_accelerator_builder_one_checkpointer_one_signal_owner():
+    assert places(lambda n: n.split(".")[-1] == "Accelerator") == {"runtime/accel.py"}
+    # checkpoints and weights are written by the checkpointer alone (exports included)
+    assert places(lambda n: n in ("save_file", "torch.save")) == {"runtime/checkpoint.py"}
+    # signal handlers are installed in one place, the StopRequest every command builds once
+    assert places(lambda n: n == "signal.signal") == {"runtime/stop.py"}
+    assert places(lambda n: n.split(".")[-1] == "StopRequest") == {"runtime/stop.py"}
+
+
+def test_one_requeue_path_and_one_rendezvous_formula():
+    """The sbatch scripts are thin wrappers: no requeue, no rendezvous address or port of their own."""
+    scripts = {p.name: p.read_text() for p in (REPO / "slurm").glob("*.sh")}
+    for name, text in scripts.items():
+        code = "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("#"))
+        assert "scontrol" not in code and "MASTER_ADDR" not in code and "MASTER_PORT" not in code, name
+    requeues = {str(p.relative_to(PACKAGE)) for p in sources() if '"requeue"' in p.read_text()}
+    assert requeues == {"launch/requeue.py"}
+    rendezvous = {str(p.relative_to(PACKAGE)) for p in sources() if 'environ["MASTER_ADDR"] =' in p.read_text()}
+    assert rendezvous == {"launch/slurm_env.py"}

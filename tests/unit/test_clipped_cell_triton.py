@@ -6,7 +6,7 @@ import os
 import pytest
 import torch
 
-from elmo_dist.config import load_config
+from elmo_dist.config import PretrainConfig, load
 from elmo_dist.errors import ConfigError
 from elmo_dist.model.clipped_cell import clipped_lstm
 from elmo_dist.model.lstm import ProjectedLstm
@@ -103,9 +103,9 @@ def test_the_module_runs_the_kernel_it_is_given(interpreted, monkeypatch):
 
 def test_config_refuses_triton_on_the_cpu():
     with pytest.raises(ConfigError, match="model.clipped_cell"):
-        load_config(None, ["model.cell_clip=3", "model.clipped_cell=triton", "train.device=cpu"])
+        load(PretrainConfig, None, ["model.cell_clip=3", "model.clipped_cell=triton", "train.device=cpu"])
     with pytest.raises(ConfigError, match="model.clipped_cell"):
-        load_config(None, ["model.clipped_cell=fused"])
+        load(PretrainConfig, None, ["model.clipped_cell=fused"])
 
 
 @pytest.mark.parametrize("c_loss", ["sum", "transposed"])

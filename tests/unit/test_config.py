@@ -6,10 +6,10 @@ import pytest
 from elmo_dist.config import (
     FULL_FILTERS,
     SMALL_FILTERS,
-    Config,
     ModelConfig,
+    PretrainConfig,
     arch_diff,
-    load_config,
+    load,
     save_config,
     valid_keys,
 )
@@ -24,7 +24,7 @@ def write(tmp_path, text, name="cfg.yaml"):
 
 def one_line_error(*args):
     with pytest.raises(ConfigError) as err:
-        load_config(*args)
+        load(PretrainConfig, *args)
     msg = str(err.value)
     assert "\n" not in msg
     return msg
@@ -33,22 +33,22 @@ def one_line_error(*args):
 # -- precedence ----------------------------------------------------------------------------------
 
 def test_defaults_without_file_or_overrides():
-    cfg = load_config(None)
-    assert isinstance(cfg, Config)
-    assert cfg == Config()
+    cfg = load(PretrainConfig, None)
+    assert isinstance(cfg, PretrainConfig)
+    assert cfg == PretrainConfig()
     assert cfg.model.flavour == "debug" and cfg.model.lstm_dim == 256 and cfg.model.projection_dim == 64
     assert cfg.data.unroll_steps == 20 and cfg.train.max_steps == 1000 and cfg.optim.lr == 0.2
 
 
 def test_precedence_defaults_flavour_yaml_overrides(tmp_path):
     path = write(tmp_path, "model:\n  flavour: small\n  projection_dim: 96\ntrain:\n  max_steps: 77\n")
-    cfg = load_config(path)
+    cfg = load(PretrainConfig, path)
     assert cfg.model.lstm_dim == 1024             # flavour preset beats the default (256)
     assert cfg.model.projection_dim == 96         # YAML beats the preset (128)
     assert cfg.model.n_highway == 1               # preset
     assert cfg.model.char_embed_dim == 16         # default, untouched by preset and file
     assert cfg.train.max_steps == 77
-    cfg = load_config(path, ["model.projection_dim=48", "data.batch_size=5"])
+    cfg = load(PretrainConfig, path, ["model.projection_dim=48", "data.batch_size=5"])
     assert cfg.model.projection_dim == 48         # CLI beats YAML
     assert cfg.model.lstm_dim == 1024
     assert cfg.train.max_steps == 77
@@ -57,7 +57,7 @@ def test_precedence_defaults_flavour_yaml_overrides(tmp_path):
 
 def test_yaml_beats_flavour_for_a_preset_key(tmp_path):
     path = write(tmp_path, "model:\n  flavour: original\n  lstm_dim: 100\n  cell_clip: null\n")
-    cfg = load_config(path)
+    cfg = load(PretrainConfig, path)
     assert cfg.model.lstm_dim == 100
     assert cfg.model.cell_clip is None
     assert cfg.model.proj_clip == 3.0
@@ -66,15 +66,15 @@ def test_yaml_beats_flavour_for_a_preset_key(tmp_path):
 
 def test_override_can_pick_the_flavour(tmp_path):
     path = write(tmp_path, "model:\n  flavour: small\n")
-    cfg = load_config(path, ["model.flavour=medium"])
+    cfg = load(PretrainConfig, path, ["model.flavour=medium"])
     assert (cfg.model.flavour, cfg.model.lstm_dim, cfg.model.projection_dim) == ("medium", 2048, 256)
     # a later override of the same key wins
-    cfg = load_config(path, ["model.lstm_dim=10", "model.lstm_dim=12"])
+    cfg = load(PretrainConfig, path, ["model.lstm_dim=10", "model.lstm_dim=12"])
     assert cfg.model.lstm_dim == 12
 
 
 def test_override_values_are_typed():
-    cfg = load_config(None, ["model.cell_clip=2.5", "data.stateful=false", "optim.lr=0.05",
+    cfg = load(PretrainConfig, None, ["model.cell_clip=2.5", "data.stateful=false", "optim.lr=0.05",
                              "model.filters=[[1,4],[2,8]]", "train.device=cpu"])
     assert cfg.model.cell_clip == 2.5
     assert cfg.data.stateful is False
@@ -84,13 +84,13 @@ def test_override_values_are_typed():
 
 
 def test_empty_yaml_is_defaults(tmp_path):
-    assert load_config(write(tmp_path, "")) == Config()
+    assert load(PretrainConfig, write(tmp_path, "")) == PretrainConfig()
 
 
 # -- flavours ------------------------------------------------------------------------------------
 
 def test_debug_flavour_is_tiny():
-    m = load_config(None, ["model.flavour=debug"]).model
+    m = load(PretrainConfig, None, ["model.flavour=debug"]).model
     assert m.filters == SMALL_FILTERS
     assert sum(n for _, n in m.filters) == 256
     assert (m.n_highway, m.lstm_dim, m.projection_dim) == (0, 256, 64)
@@ -100,7 +100,7 @@ def test_debug_flavour_is_tiny():
 @pytest.mark.parametrize("flavour, lstm, proj, highway", [
     ("small", 1024, 128, 1), ("medium", 2048, 256, 1), ("original", 4096, 512, 2)])
 def test_big_flavours(flavour, lstm, proj, highway):
-    m = load_config(None, [f"model.flavour={flavour}"]).model
+    m = load(PretrainConfig, None, [f"model.flavour={flavour}"]).model
     assert (m.lstm_dim, m.projection_dim, m.n_highway) == (lstm, proj, highway)
     assert m.filters == [[1, 32], [2, 32], [3, 64], [4, 128], [5, 256], [6, 512], [7, 1024]]
     assert m.filters == FULL_FILTERS
@@ -115,9 +115,9 @@ def test_big_flavours(flavour, lstm, proj, highway):
 
 
 def test_preset_filters_are_not_shared_between_configs():
-    a = load_config(None, ["model.flavour=small"])
+    a = load(PretrainConfig, None, ["model.flavour=small"])
     a.model.filters[0][1] = 999
-    b = load_config(None, ["model.flavour=small"])
+    b = load(PretrainConfig, None, ["model.flavour=small"])
     assert b.model.filters[0] == [1, 32]
     assert FULL_FILTERS[0] == [1, 32]
 
@@ -161,7 +161,7 @@ def test_misspelt_section_is_at_least_an_error_naming_it():
 
 def test_empty_yaml_section_is_allowed(tmp_path):
     path = write(tmp_path, "model:\n  # lstm_dim: 512\ntrain:\n  max_steps: 5\n")
-    cfg = load_config(path)
+    cfg = load(PretrainConfig, path)
     assert cfg.train.max_steps == 5 and cfg.model == ModelConfig()
 
 
@@ -183,11 +183,11 @@ def test_override_without_equals():
 
 
 def test_valid_keys_lists_every_leaf():
-    keys = valid_keys()
+    keys = valid_keys(PretrainConfig)
     assert "train.max_steps" in keys and "model.lstm_dim" in keys and "data.unroll_steps" in keys
     assert "model" not in keys
-    cfg = Config()
-    n_fields = sum(len(dataclasses.fields(getattr(cfg, f.name))) for f in dataclasses.fields(Config))
+    cfg = PretrainConfig()
+    n_fields = sum(len(dataclasses.fields(getattr(cfg, f.name))) for f in dataclasses.fields(PretrainConfig))
     assert len(keys) == len(set(keys)) == n_fields
 
 
@@ -239,10 +239,10 @@ def test_missing_and_malformed_files(tmp_path):
     ["model.flavour=small", "model.cell_clip=2.0", "model.filters=[[1,8],[3,16]]", "train.run_dir=/tmp/x y"],
 ])
 def test_save_then_load_round_trips(tmp_path, overrides):
-    cfg = load_config(None, overrides)
+    cfg = load(PretrainConfig, None, overrides)
     path = tmp_path / "sub" / "config.yaml"
     save_config(cfg, path)
-    again = load_config(path)
+    again = load(PretrainConfig, path)
     assert again == cfg
     assert dataclasses.asdict(again) == dataclasses.asdict(cfg)
     # and saving again gives the same file
@@ -252,9 +252,9 @@ def test_save_then_load_round_trips(tmp_path, overrides):
 
 def test_saved_config_wins_over_a_changed_preset(tmp_path):
     """A saved config spells every field out, so it reloads to itself even against its flavour."""
-    cfg = load_config(None, ["model.flavour=medium", "model.lstm_dim=300"])
+    cfg = load(PretrainConfig, None, ["model.flavour=medium", "model.lstm_dim=300"])
     save_config(cfg, tmp_path / "c.yaml")
-    assert load_config(tmp_path / "c.yaml").model.lstm_dim == 300
+    assert load(PretrainConfig, tmp_path / "c.yaml").model.lstm_dim == 300
 
 
 def test_arch_diff():
@@ -266,18 +266,18 @@ def test_arch_diff():
 
 def test_a_bare_no_for_mixed_precision_means_no(tmp_path):
     (tmp_path / "c.yaml").write_text("dist:\n  mixed_precision: no\n")
-    assert load_config(tmp_path / "c.yaml").dist.mixed_precision == "no"
-    assert load_config(None, ["dist.mixed_precision=no"]).dist.mixed_precision == "no"
+    assert load(PretrainConfig, tmp_path / "c.yaml").dist.mixed_precision == "no"
+    assert load(PretrainConfig, None, ["dist.mixed_precision=no"]).dist.mixed_precision == "no"
 
 
 def test_on_off_yes_no_are_the_words_not_yaml_1_1_booleans(tmp_path):
     """The README's own `train.nonfinite=off` was refused as "got 'False'" before."""
     (tmp_path / "c.yaml").write_text("train:\n  nonfinite: off\n  compile: yes\n  stop_signals: [USR1, TERM]\n")
-    cfg = load_config(tmp_path / "c.yaml")
+    cfg = load(PretrainConfig, tmp_path / "c.yaml")
     assert cfg.train.nonfinite == "off" and cfg.train.compile is True
-    cfg = load_config(None, ["train.nonfinite=off", "train.compile=on"])
+    cfg = load(PretrainConfig, None, ["train.nonfinite=off", "train.compile=on"])
     assert cfg.train.nonfinite == "off" and cfg.train.compile is True
-    assert load_config(None, ["train.compile=no"]).train.compile is False
+    assert load(PretrainConfig, None, ["train.compile=no"]).train.compile is False
     (tmp_path / "q.yaml").write_text("train:\n  nonfinite: 'OFF'\n")  # quoted: a string anyway, checked as such
     with pytest.raises(ConfigError, match="train.nonfinite"):
-        load_config(tmp_path / "q.yaml")
+        load(PretrainConfig, tmp_path / "q.yaml")

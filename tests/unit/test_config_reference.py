@@ -5,21 +5,21 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from elmo_dist import configlib
-from elmo_dist.config import Config, FinetuneConfig, load_config, load_finetune_config, reference
+from elmo_dist.config import FinetuneConfig, PretrainConfig, load, reference
+from elmo_dist.config import base as config_base
 
 REPO = Path(__file__).resolve().parents[2]
 PRETRAIN_REF = "configs/reference/pretrain.yaml"
 FINETUNE_REF = "configs/reference/finetune.yaml"
-ROOTS = {PRETRAIN_REF: Config, FINETUNE_REF: FinetuneConfig}
+ROOTS = {PRETRAIN_REF: PretrainConfig, FINETUNE_REF: FinetuneConfig}
 
 # keys an example config may leave out (its defaults apply): only the slurm section of finetune.yaml,
 # which keeps just the keys a fine-tuning job changes
 MAY_BE_ABSENT = {
     "configs/debug.yaml": set(),
-    "configs/finetune.yaml": {k for k in configlib.valid_keys(FinetuneConfig) if k.startswith("slurm.")},
+    "configs/finetune.yaml": {k for k in config_base.valid_keys(FinetuneConfig) if k.startswith("slurm.")},
 }
-EXAMPLE_ROOTS = {"configs/debug.yaml": Config, "configs/finetune.yaml": FinetuneConfig}
+EXAMPLE_ROOTS = {"configs/debug.yaml": PretrainConfig, "configs/finetune.yaml": FinetuneConfig}
 
 
 def documented_keys(path: Path) -> dict[str, str]:
@@ -61,7 +61,7 @@ def test_every_key_has_a_docstring_shown_above_it(rel):
     root = ROOTS[rel]
     docs = reference.key_docs(root)
     shown = documented_keys(REPO / rel)
-    for key in configlib.valid_keys(root):
+    for key in config_base.valid_keys(root):
         assert docs.get(key, "").strip(), f"{key} has no docstring; add one under its field"
         assert key in shown, f"{key} is not in {rel}"
         assert shown[key] == docs[key], f"{rel}: the comment above {key} is not its docstring"
@@ -71,7 +71,7 @@ def test_every_key_has_a_docstring_shown_above_it(rel):
 
 
 def test_docstrings_sit_on_their_own_fields():
-    docs = reference.key_docs(Config)
+    docs = reference.key_docs(PretrainConfig)
     assert docs["train.deadline_margin_s"].startswith("When the job's end time is known")
     assert docs["train.init_from"].startswith("Start a fresh run from these weights")
     assert "deadline" not in docs["train.init_from"].lower()
@@ -92,16 +92,16 @@ def test_field_docs_read_multiline_docstrings_dedented():
 @pytest.mark.parametrize("rel", ["configs/debug.yaml", "configs/finetune.yaml"])
 def test_example_configs_list_every_key(rel):
     present = leaf_keys(OmegaConf.to_container(OmegaConf.load(REPO / rel)))
-    missing = set(configlib.valid_keys(EXAMPLE_ROOTS[rel])) - present - MAY_BE_ABSENT[rel]
+    missing = set(config_base.valid_keys(EXAMPLE_ROOTS[rel])) - present - MAY_BE_ABSENT[rel]
     assert not missing, f"{rel} lacks {sorted(missing)}"
 
 
 def test_reference_files_load_to_the_defaults():
-    assert load_config(REPO / PRETRAIN_REF) == Config()
+    assert load(PretrainConfig, REPO / PRETRAIN_REF) == PretrainConfig()
     examples = reference.REQUIRED_EXAMPLES[FinetuneConfig]
-    expected = configlib.build(FinetuneConfig, [OmegaConf.to_container(OmegaConf.from_dotlist(
+    expected = config_base.build(FinetuneConfig, [OmegaConf.to_container(OmegaConf.from_dotlist(
         [f"{k}={v}" for k, v in examples.items()]))], "expected")
-    assert load_finetune_config(REPO / FINETUNE_REF) == expected
+    assert load(FinetuneConfig, REPO / FINETUNE_REF) == expected
     assert dataclasses.replace(expected, data=FinetuneConfig().data) == FinetuneConfig()
 
 

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from elmo_dist.config import OptimConfig
-from elmo_dist.train.optim import build_optimizer, lr_at, scheduled_lr
+from elmo_dist.runtime.schedule import lr_at, scheduled_lr
+from elmo_dist.train.optim import build_optimizer
 
 
 def _train(cfg: OptimConfig, steps: int = 20) -> list[torch.Tensor]:

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 import elmo_dist.data.reader as reader
-from elmo_dist.classify.data import BOM_DROPPED, read_examples
+from elmo_dist.classify.documents import BOM_DROPPED, read_examples
 from elmo_dist.data.prepare import PrepareOptions, prepare
 from elmo_dist.data.reader import TextLines
 from elmo_dist.data.vocab import Vocabulary

@@ -1,11 +1,11 @@
 """Stopping early without losing work: signals and a wall-clock deadline become "checkpoint at the
 next step boundary, then exit", agreed by every rank.
 
-    stopper = StopRequest(signals=["USR2", "TERM"], deadline=1764000000.0, margin_s=300)
-    with stopper:
-        while training:
-            step()
-            reason = stopper.poll(accelerator)   # None, or why we must stop now
+    stopper = stop_request(["USR2", "TERM"], margin_s=300)   # once per command, handed down
+    while training:
+        step()
+        reason = stopper.poll(accelerator)   # None, or why we must stop now
+    stopper.ignore()                         # the work is saved: later signals change nothing
 
 A signal handler may interrupt a step anywhere, so it only records the signal; the training loop
 looks at it between steps, where the state is consistent and a checkpoint is exact. Ranks can get
@@ -82,6 +82,17 @@ def _env_deadline() -> float | None:
     return float(raw) if raw else None
 
 
+def stop_request(signals: list[str], margin_s: float = 0.0) -> "StopRequest":
+    """A command's one StopRequest, listening from now on: built once by the command's entry point
+    (`cli.main`, before torch is even imported; the Slurm job; `commands.pretrain` for a Python
+    caller) and handed down; the trainer only polls it. The deadline comes from ELMO_DIST_DEADLINE;
+    under torchrun the process also stops when the agent dies."""
+    request = StopRequest(signals, _env_deadline(), margin_s).listen()
+    if under_elastic_agent():  # not an orphan that trains on when torchrun dies
+        stop_when_parent_dies()
+    return request
+
+
 class StopRequest:
     """Records stop signals and watches the deadline; `poll` says, identically on every rank, when to stop."""
 
@@ -94,10 +105,6 @@ class StopRequest:
         self._step_seconds = 0.0
         self._last_poll: float | None = None
         self._polls, self._every = 0, 1
-
-    @classmethod
-    def from_env(cls, signals: list[str], margin_s: float) -> "StopRequest":
-        return cls(signals, _env_deadline(), margin_s)
 
     def configure(self, signals: list[str], margin_s: float) -> "StopRequest":
         """Switch to a run's own signals and deadline (ELMO_DIST_DEADLINE), keeping what was recorded."""
@@ -138,10 +145,8 @@ class StopRequest:
         for sig in self.signals:
             signal.signal(sig, signal.SIG_IGN)
 
-    def __enter__(self) -> "StopRequest":
-        return self.listen()
-
-    def __exit__(self, *exc) -> None:
+    def restore(self) -> None:
+        """Put back the handlers these signals had before `listen` (e.g. submitit's requeue handler)."""
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
         self._previous.clear()

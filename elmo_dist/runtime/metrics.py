@@ -1,4 +1,4 @@
-"""One `log(metrics, step)` interface: TensorBoard scalars on the main process, plus console lines.
+"""One `log(metrics, step)` interface: TensorBoard scalars on the main process; and the progress bar.
 
     tensorboard --logdir RUN_DIR
 
@@ -7,17 +7,8 @@ run killed after its last checkpoint leaves no orphan points in the curves.
 """
 from __future__ import annotations
 
-import logging
 import sys
 from pathlib import Path
-
-log = logging.getLogger("elmo_dist")
-
-
-def setup_logging(is_main: bool) -> None:
-    """Console output from the main process only; other ranks log warnings and worse."""
-    logging.basicConfig(level=logging.INFO if is_main else logging.WARNING, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S", force=True)
 
 
 def progress_bar(mode: str, is_main: bool, total: int, initial: int):
@@ -50,10 +41,6 @@ class MetricsLogger:
         if self.writer is not None:
             # markdown code block so that YAML indentation survives TensorBoard's renderer
             self.writer.add_text(tag, "```\n" + text + "\n```", step)
-
-    def flush(self) -> None:
-        if self.writer is not None:
-            self.writer.flush()
 
     def close(self) -> None:
         if self.writer is not None:

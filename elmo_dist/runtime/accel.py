@@ -1,20 +1,21 @@
-"""The one place that builds the Accelerator: device, precision, process group, accumulation.
+"""The one place that builds the Accelerator: device, precision, process group, accumulation, DeepSpeed.
 
-    accelerator = build_accelerator(cfg)
+    accelerator = build_accelerator("auto", cfg.dist)                                   # fine-tuning
+    accelerator = build_accelerator(device, cfg.dist, "bf16", 2, deepspeed=ds_config)   # pretraining
 
 A single process, `torchrun --nproc_per_node N`, `accelerate launch --multi_gpu` and srun all come
 through here; rank, world size and the master address come from the environment, which the launcher
-set (for srun tasks, `elmo_dist.launch.slurm_env` fills it in before the trainer starts).
+set (for srun tasks, `elmo_dist.launch.slurm_env` fills it in before the command starts).
 Two traps are turned into clear errors: a WORLD_SIZE > 1 with no launcher around it, and an
 Accelerator that sees fewer processes than the launcher started (N independent copies, no sync).
 """
 from __future__ import annotations
 
-import logging
 import os
 import socket
 import time
 from datetime import timedelta
+from typing import Callable
 
 import torch
 
@@ -25,9 +26,9 @@ if not torch.cuda.is_available():
 from accelerate import Accelerator  # noqa: E402
 from accelerate.utils import DeepSpeedPlugin, InitProcessGroupKwargs  # noqa: E402
 
-from elmo_dist.config.finetune import FinetuneDist  # noqa: E402
 from elmo_dist.errors import ConfigError, LaunchError  # noqa: E402
 from elmo_dist.runs import resolve_device  # noqa: E402
+from elmo_dist.runtime.logs import log  # noqa: E402
 
 
 def _check_launch_env() -> int:
@@ -36,7 +37,7 @@ def _check_launch_env() -> int:
         missing = [k for k in ("RANK", "MASTER_ADDR", "MASTER_PORT") if k not in os.environ]
         if missing:
             raise ConfigError(f"WORLD_SIZE={world} but {', '.join(missing)} not set: start the processes with "
-                              "torchrun, `accelerate launch` or srun (see README, Distributed)")
+                              "torchrun, `accelerate launch` or srun (see docs/distributed-and-slurm.md)")
     return world
 
 
@@ -52,42 +53,42 @@ def _single_process_group() -> None:
                        "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
 
 
-def build_accelerator(cfg) -> Accelerator:
-    device = resolve_device(cfg.train.device)
-    dist = cfg.dist
-    if dist.mixed_precision == "auto":  # resolved here, so the saved config says what actually ran
-        dist.mixed_precision = "bf16" if device == "cuda" else "no"
-    if dist.mixed_precision == "fp16" and device != "cuda":
+def resolve_precision(requested: str, device: str) -> str:
+    """`dist.mixed_precision` as it will run: auto is bf16 on CUDA and no (fp32) elsewhere; fp16 without
+    CUDA is a ConfigError (its loss scaling is CUDA-only)."""
+    if requested == "auto":
+        return "bf16" if device == "cuda" else "no"
+    if requested == "fp16" and device != "cuda":
         raise ConfigError("config key 'dist.mixed_precision' is fp16, which needs CUDA; use bf16 or no on CPU")
+    return requested
+
+
+def build_accelerator(device: str, dist, mixed_precision: str = "no", gradient_accumulation_steps: int = 1,
+                      deepspeed: Callable[[int], dict] | None = None) -> Accelerator:
+    """The Accelerator of every command that trains: `device` (auto, cpu, cuda), the process group
+    that torchrun, `accelerate launch` or srun started (formed within `dist.connect_timeout_s`, its
+    collectives bounded by `dist.timeout_minutes`, on `dist.backend`), the precision, and the
+    accumulation. `deepspeed`, given the world size, returns DeepSpeed's config: then the model is
+    ZeRO-partitioned (a plain single process gets a process group of one, which DeepSpeed needs)."""
+    device = resolve_device(device)
+    mixed_precision = resolve_precision(mixed_precision, device)
     expected = _check_launch_env()
-    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true" and dist.zero_stage == 0:
+    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true" and deepspeed is None:
         raise ConfigError("launched with an Accelerate DeepSpeed config, but config key 'dist.zero_stage' is 0; "
                           "choose ZeRO in the run config (dist.zero_stage) and launch with "
                           "configs/accelerate/deepspeed.yaml")
-    if dist.zero_stage > 0:
-        from elmo_dist.train.deepspeed_config import deepspeed_config
-
+    if deepspeed is not None:
         if expected == 1:
             _single_process_group()
-        plugin = DeepSpeedPlugin(hf_ds_config=deepspeed_config(cfg, expected))
+        plugin = DeepSpeedPlugin(hf_ds_config=deepspeed(expected))
         # no cpu=True here: Accelerate would silently drop the DeepSpeed plugin; a process group is
         # always needed, or on CPU every rank believes it is rank 0
-        return _formed(lambda handlers: Accelerator(deepspeed_plugin=plugin, mixed_precision=dist.mixed_precision,
+        return _formed(lambda handlers: Accelerator(deepspeed_plugin=plugin, mixed_precision=mixed_precision,
                                                     kwargs_handlers=handlers), device, dist, expected, True)
-    return _formed(lambda handlers: Accelerator(cpu=device == "cpu", mixed_precision=dist.mixed_precision,
+    return _formed(lambda handlers: Accelerator(cpu=device == "cpu", mixed_precision=mixed_precision,
                                                 kwargs_handlers=handlers,
-                                                gradient_accumulation_steps=dist.gradient_accumulation_steps),
+                                                gradient_accumulation_steps=gradient_accumulation_steps),
                    device, dist, expected, expected > 1)
-
-
-def build_data_parallel(device: str, dist=None) -> Accelerator:
-    """An fp32 data-parallel Accelerator for fine-tuning (no ZeRO, no accumulation): the device and
-    the process group that torchrun, `accelerate launch` or srun started, with the same checks.
-    `dist` is fine-tuning's `dist` section (default: its defaults)."""
-    device = resolve_device(device)
-    expected = _check_launch_env()
-    return _formed(lambda handlers: Accelerator(cpu=device == "cpu", kwargs_handlers=handlers), device,
-                   dist or FinetuneDist(), expected, expected > 1)
 
 
 def _formed(make, device: str, dist, expected: int, group: bool) -> Accelerator:
@@ -136,9 +137,10 @@ def shut_down(accelerator: Accelerator) -> None:
     pytorch/pytorch#190489): 7 of 50 finished 2-process runs did, here. A moment's sleep, which
     releases the GIL, lets the workers finish first (0 of 30 aborted with it).
     """
+    group = torch.distributed.is_initialized()  # several processes, or DeepSpeed's group of one
     accelerator.wait_for_everyone()  # a rank that destroys the group early makes the others abort
     accelerator.end_training()
-    if accelerator.num_processes > 1:
+    if group:
         time.sleep(0.2)
 
 
@@ -152,5 +154,30 @@ def ranks_in_sync(acc: Accelerator, model: torch.nn.Module) -> bool:
     gathered = acc.gather(fingerprint[None].to(acc.device)).view(acc.num_processes, 2)
     same = bool((gathered == gathered[0]).all())
     if not same:
-        logging.getLogger("elmo_dist").error("ranks diverged: weight fingerprints %s", gathered.tolist())
+        log.error("ranks diverged: weight fingerprints %s", gathered.tolist())
     return same
+
+
+def share(acc: Accelerator, n: int) -> range:
+    """This process's contiguous share of n items (shares differ by at most one; all of them with one
+    process), so that every process count covers the same items in the same order."""
+    rank, world = acc.process_index, acc.num_processes
+    return range(n * rank // world, n * (rank + 1) // world)
+
+
+def broadcast(acc: Accelerator, obj):
+    """The main process's `obj` (any picklable value), on every process."""
+    if acc.num_processes == 1:
+        return obj
+    from accelerate.utils import broadcast_object_list
+
+    return broadcast_object_list([obj])[0]
+
+
+def gather(acc: Accelerator, obj) -> list:
+    """Every process's `obj` (any picklable value), in rank order."""
+    if acc.num_processes == 1:
+        return [obj]
+    from accelerate.utils import gather_object
+
+    return gather_object([obj])

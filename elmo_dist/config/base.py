@@ -1,8 +1,12 @@
 """The machinery behind every elmo_dist config: typed dataclasses from YAML plus dotted overrides.
 
-    cfg = load_dataclass(Config, "configs/debug.yaml", ["train.max_steps=100"], presets=...)
+    cfg = load(PretrainConfig, "configs/debug.yaml", ["train.max_steps=100"])
+    cfg = load(FinetuneConfig, "configs/finetune.yaml", ["bilm.path=runs/x"])
+    cfg = from_tree(PretrainConfig, tree, "submitted config")     # a resolved config, as a job receives it
 
-Precedence: overrides > YAML file > presets > dataclass defaults. An unknown key anywhere is a
+Precedence: overrides > YAML file > the class's presets (a model flavour) > dataclass defaults.
+Allowed words are typed as `Literal[...]` fields, which OmegaConf checks (naming the key and the
+allowed values); what types can't say, each class's `validate()` checks. An unknown key anywhere is a
 ConfigError naming the full dotted key and the closest valid one; a value of the wrong type names
 its key. `elmo_dist.config` (pretraining and fine-tuning) is built on it.
 
@@ -162,3 +166,21 @@ def to_container(cfg) -> dict:
 def save_config(cfg, path: str | Path) -> None:
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     Path(path).write_text(to_yaml(cfg))
+
+
+def from_tree(cls: type, tree: dict, source: str = "config"):
+    """A validated `cls` from a nested dict: keys checked, the class's preset layers (its optional
+    `layers(tree, source)`) under the tree, then `validate()`."""
+    check_keys(tree, source, cls)
+    layers = cls.layers(tree, source) if hasattr(cls, "layers") else [tree]
+    cfg = build(cls, layers, source)
+    cfg.validate()
+    return cfg
+
+
+def load(cls: type, path: str | Path | None = None, overrides: list[str] = (), text: str | None = None):
+    """Every config's loader: defaults <- presets <- the YAML file at `path` <- dotted `overrides`,
+    validated. `text`: the file's content, already read (see read_yaml)."""
+    tree = read_yaml(path, cls, text) if path else {}
+    over = parse_overrides(list(overrides), cls)
+    return from_tree(cls, merge_trees(tree, over), str(path) if path else "overrides")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from elmo_dist.classify.data import (
+from elmo_dist.classify.documents import (
     AGNEWS_LABELS,
     FORMATS,
     Example,

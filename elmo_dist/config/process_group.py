@@ -12,13 +12,14 @@ process that died or never started ends the run in one line instead of hanging i
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
-from elmo_dist import configlib
+from elmo_dist.config import base
 
 
 @dataclass
 class ProcessGroupConfig:
-    backend: str = "auto"
+    backend: Literal["auto", "gloo", "nccl"] = "auto"
     """Process-group backend: auto (nccl on CUDA, gloo on CPU), gloo or nccl."""
     timeout_minutes: int = 30
     """How long a collective may wait, once the processes have formed their group, before the run
@@ -32,7 +33,5 @@ class ProcessGroupConfig:
 
 def validate_process_group(dist: ProcessGroupConfig) -> None:
     """Raises ConfigError naming the `dist.*` key whose value is not allowed."""
-    configlib.require(dist.backend in ("auto", "gloo", "nccl"), "dist.backend",
-                      f"must be auto, gloo or nccl, got '{dist.backend}'")
     for key in ("timeout_minutes", "connect_timeout_s"):
-        configlib.require(getattr(dist, key) > 0, f"dist.{key}", "must be positive")
+        base.require(getattr(dist, key) > 0, f"dist.{key}", "must be positive")
