@@ -16,13 +16,16 @@ A mistake a user can fix (a missing file, a bad key, a broken checkpoint) prints
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import json
+import os
 import sys
+import tempfile
 from pathlib import Path
 
 from elmo_dist import __version__
-from elmo_dist.errors import UserError
+from elmo_dist.errors import LaunchError, UserError
 
 
 def _add_prepare(sub) -> None:
@@ -288,15 +291,25 @@ def cmd_export_elmo(args) -> int:
 
 
 def cmd_submit(args) -> int:
+    from submitit.core.utils import FailedJobError
+
     from elmo_dist.launch import submit
 
-    if args.kind == "pretrain":
-        jobs = {"pretrain": submit.submit_pretrain(args.config, args.overrides)}
-    elif args.kind == "finetune":
-        jobs = {"finetune": submit.submit_finetune(args.config, args.overrides, bilm_path=args.bilm)}
-    else:
-        p = submit.submit_pipeline(args.config, args.overrides, args.finetune, args.ft)
-        jobs = {"pretrain": p.pretrain, "finetune": p.finetune}
+    with _own_stderr() as sbatch_said:  # submitit lets sbatch write to our stderr
+        try:
+            if args.kind == "pretrain":
+                jobs = {"pretrain": submit.submit_pretrain(args.config, args.overrides)}
+            elif args.kind == "finetune":
+                jobs = {"finetune": submit.submit_finetune(args.config, args.overrides, bilm_path=args.bilm)}
+            else:  # the job parameters (slurm.*) go to both jobs, the other overrides to pretraining
+                slurm = [o for o in args.overrides if o.startswith("slurm.")]
+                rest = [o for o in args.overrides if not o.startswith("slurm.")]
+                p = submit.submit_pipeline(args.config, rest, args.finetune, args.ft, slurm_overrides=slurm)
+                jobs = {"pretrain": p.pretrain, "finetune": p.finetune}
+        except FailedJobError as e:  # sbatch refused the job: its own message is the one line that matters
+            lines = [line for line in (sbatch_said() + "\n" + str(e)).splitlines() if line.strip()]
+            refusal = next((line for line in lines if line.startswith("sbatch: error:")), lines[-1] if lines else "")
+            raise LaunchError(refusal or "sbatch refused the job") from None
     for line in submit.describe(jobs):
         print(line)
     if args.wait:
@@ -308,6 +321,32 @@ def cmd_submit(args) -> int:
 COMMANDS = {"prepare": cmd_prepare, "pretrain": cmd_pretrain, "evaluate": cmd_evaluate, "finetune": cmd_finetune,
             "export": cmd_export, "embed": cmd_embed, "submit": cmd_submit,
             "import-elmo": cmd_import_elmo, "export-elmo": cmd_export_elmo}
+
+
+@contextlib.contextmanager
+def _own_stderr():
+    """Hold what child processes write to file descriptor 2 (sbatch's messages) while the block runs;
+    yields a function that returns it so far. Passed on to stderr at the end, unless the block raised
+    (the error line then says what mattered)."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as held:
+        os.dup2(held.fileno(), 2)
+
+        def said() -> str:
+            held.seek(0)
+            return held.read().decode(errors="replace")
+
+        try:
+            yield said
+        except BaseException:
+            os.dup2(saved, 2)
+            raise
+        else:
+            os.dup2(saved, 2)
+            sys.stderr.write(said())
+        finally:
+            os.close(saved)
 
 
 _FILE_SYSTEM_FAULTS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOENT, errno.EISDIR,

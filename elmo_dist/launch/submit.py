@@ -201,7 +201,7 @@ def describe(jobs: dict) -> list[str]:
             dirs.append(run_dir)
             lines.append(f"{kind:9s} job {job.job_id:>12s}  run {run_dir}  log {job.paths.stdout}")
     parent = Path(dirs[0]).parent if len(dirs) > 1 else Path(dirs[0])
-    lines.append(f"watch: tensorboard --logdir {parent}    queue: squeue -u $USER")
+    lines.append(f"watch: tensorboard --logdir {parent}    queue: squeue --me")
     return lines
 
 

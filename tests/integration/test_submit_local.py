@@ -28,10 +28,10 @@ def pretrain_overrides(run, data, *extra):
 def test_cli_submit_pipeline_on_the_debug_executor(tmp_path, grammar_corpus):
     write_order_task(tmp_path / "train.jsonl", 160, 0)
     proc = run_cli("submit", "pipeline", str(REPO / "configs/debug.yaml"),
-                   *pretrain_overrides(tmp_path / "pre", grammar_corpus), "--slurm.cluster=debug",
+                   *pretrain_overrides(tmp_path / "pre", grammar_corpus), "--slurm.cluster=debug", "--slurm.time_min=7",
                    "--finetune", str(REPO / "configs/finetune.yaml"), "--ft", f"data.train={tmp_path / 'train.jsonl'}",
                    "--ft", f"train.run_dir={tmp_path / 'ft'}", "--ft", "variants=[frozen,top]",
-                   "--ft", "train.epochs=2", "--ft", "train.device=cpu", "--ft", "slurm.cluster=debug", "--wait")
+                   "--ft", "train.epochs=2", "--ft", "train.device=cpu", "--wait")
     out = proc.stdout
     assert f"run {tmp_path / 'pre'}" in out and f"run {tmp_path / 'ft' / 'frozen'}" in out
     assert "watch: tensorboard --logdir" in out
@@ -39,6 +39,9 @@ def test_cli_submit_pipeline_on_the_debug_executor(tmp_path, grammar_corpus):
     assert "frozen test accuracy" in out and "top test accuracy" in out
     assert json.loads((tmp_path / "pre" / "summary.json").read_text())["finished"]
     assert (tmp_path / "ft" / "top" / "metrics.json").exists()
+    # --slurm.* is the job parameters of both jobs: the fine-tuning ran on the debug executor too
+    for config in (tmp_path / "pre" / "config.yaml", tmp_path / "ft" / "top" / "config.yaml"):
+        assert "time_min: 7" in config.read_text() and "cluster: debug" in config.read_text(), config
 
 
 def test_local_executor_runs_two_ranks(tmp_path, grammar_corpus):

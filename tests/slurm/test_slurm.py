@@ -167,6 +167,18 @@ def test_submitit_pipeline_pretrain_then_finetune_array(slurm, tmp_path, grammar
         assert 0.0 <= res["variants"][variant]["test"]["accuracy"] <= 1.0
 
 
+def test_a_job_sbatch_refuses_is_one_error_line(slurm, tmp_path, grammar_corpus):
+    """This cluster has no GPUs: sbatch refuses a job asking for some, and submit says so in one line."""
+    proc = run_cli("submit", "pretrain", *pretrain_args(tmp_path / "run", grammar_corpus),
+                   "--slurm.gpus_per_node=4", check=False, env=ENV)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    line = lines[0]
+    assert line.startswith("elmo-dist: error: sbatch: error:") and "gres" in line.lower(), line
+    assert not (tmp_path / "run" / "summary.json").exists()
+
+
 def test_submitit_job_requeued_by_usr2_resumes(slurm, tmp_path, grammar_corpus, reference):
     from elmo_dist.launch.submit import result, submit_pretrain
 
