@@ -1,5 +1,5 @@
 # `make demo`: pretrain a small ELMo on BBC News, then compare the classifier variants on its topics
-# (CPU, about 9 minutes from a fresh machine).
+# (CPU, about 8 minutes once installed).
 # `make test`: ruff over the whole tree, then the whole test suite.
 # Both create .venv on first use; torch==2.13.0 is installed first so pip never pulls a CUDA build
 # on a CPU machine (on a GPU machine the same pin gives the CUDA wheel).

@@ -106,7 +106,8 @@ class RssAnonPeak:
 
 def child(csv: str, bilm: str, work: str, batch_size: int) -> dict:
     from elmo_dist.classify.documents import build_splits, label_index
-    from elmo_dist.classify.finetune import layer_sources
+    from elmo_dist.classify.inputs import classification_data, layer_sources
+    from elmo_dist.classify.objectives import build_objective
     from elmo_dist.classify.variant import VariantRun
     from elmo_dist.config import FinetuneConfig, load
     from elmo_dist.embedder import Embedder
@@ -122,15 +123,16 @@ def child(csv: str, bilm: str, work: str, batch_size: int) -> dict:
         splits = build_splits(d.train, d.valid, d.test, d.format, list(d.text_fields), d.label_field,
                               d.valid_fraction, d.test_fraction, d.split_seed)
         embedder = Embedder.from_run(bilm, "cpu")
-        index = label_index(splits.labels)
-        y = {s: np.array([index[ex.label] for ex in getattr(splits, s)]) for s in ("train", "valid", "test")}
+        data = classification_data(cfg, embedder, splits, label_index(splits.labels))
+        y = data.targets
         t0 = time.perf_counter()
         acc = build_accelerator("cpu", cfg.dist)
-        sources = layer_sources(cfg, embedder, splits, Path(work) / "run", acc)
+        sources = layer_sources(cfg, embedder, data, Path(work) / "run", acc)
         cache_s = time.perf_counter() - t0
         out = Path(work) / "run" / "frozen"
         out.mkdir(parents=True, exist_ok=True)
-        run = VariantRun("frozen", cfg, embedder, sources, y, splits.labels, out, acc)
+        run = VariantRun("frozen", cfg, data, build_objective(cfg, data, embedder.device), embedder, sources,
+                         out, acc)
         t0 = time.perf_counter()
         run.train_epoch()
         epoch_s = time.perf_counter() - t0

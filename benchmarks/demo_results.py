@@ -19,6 +19,7 @@ def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("demo_dir", help="the demo's directory (runs/demo)")
     p.add_argument("--seconds", type=float, help="the wall time of the whole `make demo`, if measured")
+    p.add_argument("--note", help="how the figures were measured, if not by one plain `make demo`")
     p.add_argument("--out", help="JSON output")
     args = p.parse_args(argv)
     d = Path(args.demo_dir)
@@ -26,7 +27,8 @@ def main(argv=None) -> dict:
     ft = json.loads((d / "finetune" / "summary.json").read_text())
     keys = ("val_ppl_fwd", "val_ppl_bwd", "val_ppl", "unigram_ppl", "steps", "tokens_per_s")
     res = {"pretrain": {k: pre.get(k) for k in keys}, "finetune": {"table": ft["table"], "seeds": ft["seeds"],
-           "n_train": ft["n_train"], "n_test": ft["n_test"]}, "seconds": args.seconds, "machine": machine()}
+           "n_train": ft["n_train"], "n_test": ft["n_test"]}, "seconds": args.seconds, "note": args.note,
+           "machine": machine()}
     rows = [("held-out perplexity", f"{pre['val_ppl']:.2f} (unigram {pre['unigram_ppl']:.2f})")]
     for row in ft["table"]:
         acc = row.get("accuracy")

@@ -140,18 +140,18 @@ def adagrad_f32_atol(run: Path, step: int, rows: int) -> dict[str, torch.Tensor]
 
 
 def finetune_f32_bounds(bilm_run: Path, weights: dict, steps: int, variant: str, trainable: bool,
-                        n_docs: int) -> tuple[float, float]:
+                        n_docs: int, word_dim: int) -> tuple[float, float]:
     """(atol on each weight, rtol on a split's loss) for the same fine-tuning of order-task documents
     (<= 9 words; Adam at lr 1e-3 for the head and the biLM; batches of 10; `weights`: one run's result)
     done with sums in another order (one process against several).
 
-    Weights: each gradient is within EPS32 x n of itself, relative to its size: n is the batch's
-    positions (10 documents x 11 with <S> and </S>), twice (forward and back) the head's products (the
-    mix, the token projection from 2 x projection_dim, the pooled mean and max, the hidden layer, the two
-    classes; learned_fn's MLP over all layers) and, trainable, the biLM's forward (f32_bound's count)
-    and its way back through time. Adam's step, a ratio of the gradient's moments, is at most
-    (1 - b1) / sqrt(1 - b2) = 3.2 lr and moves by at most twice that relative error; w - step may then
-    round one ulp apart (EPS32 |w|, |w| <= its end value + steps x 3.2 lr). First order over the steps.
+    Weights: each gradient is within EPS32 x n of itself, relative to its size: n is the batch's positions (10
+    documents x 11 with <S> and </S>), twice (forward and back) the head's products (the mix, the token
+    projection from [x_k; ELMo_k], word_dim + 2 x projection_dim wide, the pooled mean and max, the hidden
+    layer, the two classes; learned_fn's MLP over all layers) and, trainable, the biLM's forward (f32_bound's
+    count) and its way back through time. Adam's step, a ratio of the gradient's moments, is at most (1 - b1) /
+    sqrt(1 - b2) = 3.2 lr and moves by at most twice that relative error; w - step may then round one ulp apart
+    (EPS32 |w|, |w| <= its end value + steps x 3.2 lr). First order over the steps.
     Loss, the mean cross-entropy: first order, the weights' relative difference (atol over their RMS)
     moves it as much, relative; plus the evaluation's own rounding (the biLM's forward, the head's
     products, the mean over n_docs documents)."""
@@ -159,7 +159,8 @@ def finetune_f32_bounds(bilm_run: Path, weights: dict, steps: int, variant: str,
 
     m, lr, words = open_run(bilm_run).config.model, 1e-3, 11
     d = 2 * m.projection_dim
-    head = (m.n_layers + 1) + d + 2 * 16 + 16 + 2 + ((m.n_layers + 1) * d + 256 if variant == "learned_fn" else 0)
+    head = (m.n_layers + 1) + word_dim + d + 2 * 16 + 16 + 2 + ((m.n_layers + 1) * d + 256 if variant == "learned_fn"
+                                                                else 0)
     bilm = f32_bound(1.0, words, m) / EPS32
     n = 10 * words + 2 * head + ((bilm + m.n_layers * words * (5 * m.lstm_dim + 2 * m.projection_dim)) if trainable
                                  else 0)
@@ -168,6 +169,22 @@ def finetune_f32_bounds(bilm_run: Path, weights: dict, steps: int, variant: str,
     rms = math.sqrt(sum(float(w.double().pow(2).sum()) for w in weights.values())
                     / sum(w.numel() for w in weights.values()))
     return atol, atol / rms + EPS32 * (bilm + head + n_docs)
+
+
+def write_tagged(path: Path, n: int, seed: int) -> Path:
+    """POS-like tags where the word alone is ambiguous: 'saw' is a NOUN after 'the' and a VERB after a
+    name, 'can' a VERB after a name and a NOUN after 'a' (context decides, as in real tagging)."""
+    rng = np.random.default_rng(seed)
+    names, nouns = ["anna", "bob", "carl"], ["saw", "can", "book", "ship"]
+    with open(path, "w") as f:
+        for _ in range(n):
+            if rng.random() < 0.5:
+                words = [(names[rng.integers(3)], "PROPN"), (["saw", "can"][rng.integers(2)], "VERB"),
+                         ("the", "DET"), (nouns[rng.integers(4)], "NOUN")]
+            else:
+                words = [("the", "DET"), (nouns[rng.integers(4)], "NOUN"), ("is", "VERB"), ("here", "ADV")]
+            f.write("".join(f"{w}\tX\t{t}\n" for w, t in words + [(".", "PUNCT")]) + "\n")
+    return path
 
 
 def best_weights(variant_dir: Path) -> dict:

@@ -1,8 +1,12 @@
 """The layer cache: every document's biLM layers, computed once, kept on disk, shared by every
 variant, epoch and later run on the same biLM weights, documents and settings.
 
-    cache = open_or_build(embedder, texts, max_tokens, cache_root, batch_size)
+    cache = open_or_build(embedder, texts, pieces, {"window_tokens": 100}, cache_root, batch_size, weights, acc)
     layers, mask = cache.batch([3, 17, 42], device)      # [B, L+1, T, D] float32, [B, T]
+
+`pieces(i)` is document i as the biLM reads it: a list of token lists (a whole document's windows,
+or one tagged sentence), each read as `<S> tokens </S>`; the document's layers are its pieces'
+layers one after another.
 
 Layout of one cache, `CACHE_ROOT/<key>/`:
 - `layers-RRRRR.f16`: float16 `[tokens, L+1, D]`, the documents one after another, each at its own
@@ -15,10 +19,10 @@ A shard per process (R = its rank): in multi-process fine-tuning each process fi
 its own contiguous share of the documents, and every process reads all shards.
 
 The key is the sha256 of everything the layers depend on: the biLM's weights, the sentence
-convention, the tokenizer, `max_tokens` and every document's text, so a changed input makes a new
-cache and an unchanged one is found again. Memory while filling is one chunk of documents (about
-64 MiB of layers); while training, one batch; the page cache holds the rest, and pages of a map
-are not the process's anonymous memory.
+convention, the tokenizer, the settings that cut documents into pieces (`settings`) and every
+document's text, so a changed input makes a new cache and an unchanged one is found again.
+Memory while filling is one chunk of documents (about 64 MiB of layers); while training, one batch;
+the page cache holds the rest, and pages of a map are not the process's anonymous memory.
 """
 from __future__ import annotations
 
@@ -35,7 +39,7 @@ import torch
 from elmo_dist.embedder import Embedder
 from elmo_dist.runtime.accel import broadcast, gather, share
 
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2  # 2: documents read in pieces (whole documents); 1 read each one as a single piece
 META = "meta.json"
 CHUNK_BYTES = 64 << 20  # layers held in memory while filling, before they go to disk
 
@@ -49,11 +53,11 @@ def weights_digest(model: torch.nn.Module) -> str:
     return h.hexdigest()
 
 
-def cache_key(embedder: Embedder, texts: Sequence[str], max_tokens: int, weights: str) -> str:
+def cache_key(embedder: Embedder, texts: Sequence[str], settings: dict, weights: str) -> str:
     """The content key of one split's cache (see the module docstring)."""
     h = hashlib.sha256()
-    settings = {"format": CACHE_FORMAT, "weights": weights, "sentence_boundaries": embedder.sentence_boundaries,
-                "tokenizer": embedder.tokenizer_options, "max_tokens": max_tokens}
+    settings = {**settings, "format": CACHE_FORMAT, "weights": weights,
+                "sentence_boundaries": embedder.sentence_boundaries, "tokenizer": embedder.tokenizer_options}
     h.update(json.dumps(settings, sort_keys=True).encode())
     for text in texts:
         h.update(text.encode("utf-8", "surrogatepass"))
@@ -98,12 +102,13 @@ class LayerCache:
 
 
 @torch.no_grad()
-def fill_shard(embedder: Embedder, tokens: Callable[[int], list[str]], doc_ids: range, directory: Path,
+def fill_shard(embedder: Embedder, pieces: Callable[[int], list[list[str]]], doc_ids: range, directory: Path,
                rank: int, batch_size: int, progress: bool = True) -> dict:
     """Compute and write the layers of documents `doc_ids` (in order) as shard `rank` of `directory`.
 
-    Documents go through the biLM a chunk at a time, sorted by length inside the chunk so that a
-    batch holds similar lengths (less padding), then are appended to the shard in document order.
+    Documents go through the biLM a chunk at a time, their pieces sorted by length inside the chunk
+    so that a batch holds similar lengths (less padding), then are appended to the shard in
+    document order, each document's pieces one after another.
     """
     from tqdm import tqdm
 
@@ -116,13 +121,13 @@ def fill_shard(embedder: Embedder, tokens: Callable[[int], list[str]], doc_ids: 
         while i < len(doc_ids):
             chunk, size = [], 0
             while i < len(doc_ids) and (not chunk or size < CHUNK_BYTES):
-                chunk.append(tokens(doc_ids[i]))
-                size += len(chunk[-1]) * per_token
+                chunk.append(pieces(doc_ids[i]))
+                size += sum(map(len, chunk[-1])) * per_token
                 i += 1
-            for arr in _chunk_layers(embedder, chunk, batch_size):
+            for arr in _chunk_layers(embedder, [p for doc in chunk for p in doc], batch_size):
                 f.write(arr.tobytes())
             first = i - len(chunk)
-            offsets[first + 1 : i + 1] = offsets[first] + np.cumsum([len(t) for t in chunk])
+            offsets[first + 1 : i + 1] = offsets[first] + np.cumsum([sum(map(len, doc)) for doc in chunk])
             bar.update(len(chunk))
     bar.close()
     np.save(directory / names["offsets"], offsets)
@@ -130,7 +135,7 @@ def fill_shard(embedder: Embedder, tokens: Callable[[int], list[str]], doc_ids: 
 
 
 def _chunk_layers(embedder: Embedder, chunk: list[list[str]], batch_size: int) -> list[np.ndarray]:
-    """Each document's layers as float16 [n, L+1, D], in chunk order."""
+    """Each piece's layers as float16 [n, L+1, D], in chunk order."""
     out: list[np.ndarray | None] = [None] * len(chunk)
     order = sorted(range(len(chunk)), key=lambda j: len(chunk[j]))
     for start in range(0, len(order), batch_size):
@@ -154,12 +159,12 @@ def finish(directory: Path, final: Path, key: str, shards: list[dict], embedder:
     return final
 
 
-def open_or_build(embedder: Embedder, texts: Sequence[str], tokens: Callable[[int], list[str]], max_tokens: int,
-                  root: Path, batch_size: int, weights: str, acc, log=None) -> LayerCache:
+def open_or_build(embedder: Embedder, texts: Sequence[str], pieces: Callable[[int], list[list[str]]],
+                  settings: dict, root: Path, batch_size: int, weights: str, acc, log=None) -> LayerCache:
     """The complete cache for these documents, from disk if it exists, else built now: with several
     processes (`acc`, the run's Accelerator) each fills the shard of its own share of the documents
     (the main one decides and finishes)."""
-    key = cache_key(embedder, texts, max_tokens, weights)
+    key = cache_key(embedder, texts, settings, weights)
     final = Path(root) / key
     if broadcast(acc, (final / META).is_file()):
         if log:
@@ -172,7 +177,7 @@ def open_or_build(embedder: Embedder, texts: Sequence[str], tokens: Callable[[in
         shutil.rmtree(partial, ignore_errors=True)
         partial.mkdir(parents=True)
     acc.wait_for_everyone()
-    shard = fill_shard(embedder, tokens, share(acc, len(texts)), partial, acc.process_index, batch_size,
+    shard = fill_shard(embedder, pieces, share(acc, len(texts)), partial, acc.process_index, batch_size,
                        acc.is_main_process)
     shards = gather(acc, shard)
     if acc.is_main_process:

@@ -156,19 +156,33 @@ def _cell(r: dict, key: str, width: int) -> str:
     return f"{r[key]:.4f} ± {std:.4f}".rjust(width)
 
 
-def comparison_table(rows: list[dict], note: str = "") -> str:
-    """A fixed-width table of variants: accuracy, macro-F1, weighted-F1 (mean ± std over seeds where
-    a row has them) and the learned layer mix; `note` is a last line (e.g. the training options)."""
+def _delta(r: dict, ref: dict | None, key: str) -> str:
+    """A row's difference to the no_elmo row on `key` ('+0.0123'), '' for no_elmo itself."""
+    if ref is None or r is ref or r.get(key) is None or ref.get(key) is None:
+        return ""
+    return f"{r[key] - ref[key]:+.4f}"
+
+
+def comparison_table(rows: list[dict], note: str = "", keys: tuple = _TABLE_KEYS) -> str:
+    """A fixed-width table of variants: one column per (key, title) of `keys` (mean ± std over seeds
+    where a row has them), each row's difference to the `no_elmo` row on the first key when there is
+    one (what ELMo adds), and the learned layer mix; `note` is a last line (the training options)."""
+    ref = next((r for r in rows if r["variant"] == "no_elmo"), None)
+    first, first_title = keys[0]
     variant_w = max([len("variant")] + [len(str(r["variant"])) for r in rows])
-    widths = {key: max(len(title), *(len(_cell(r, key, 0)) for r in rows)) for key, title in _TABLE_KEYS}
-    head = f"{'variant':<{variant_w}}" + "".join(f"  {title:>{widths[key]}}" for key, title in _TABLE_KEYS)
+    widths = {key: max(len(title), *(len(_cell(r, key, 0)) for r in rows)) for key, title in keys}
+    delta_title = "vs no_elmo"
+    delta_w = max(len(delta_title), *(len(_delta(r, ref, first)) for r in rows))
+    head = f"{'variant':<{variant_w}}" + "".join(f"  {title:>{widths[key]}}" for key, title in keys)
+    head += f"  {delta_title:>{delta_w}}" if ref is not None else ""
     head += "  layer weights"
     lines = [head, "-" * len(head)]
     for r in rows:
-        cells = "".join(f"  {_cell(r, key, widths[key])}" for key, _ in _TABLE_KEYS)
+        cells = "".join(f"  {_cell(r, key, widths[key])}" for key, _ in keys)
+        cells += f"  {_delta(r, ref, first):>{delta_w}}" if ref is not None else ""
         lines.append(f"{str(r['variant']):<{variant_w}}{cells}  {_weights_cell(r)}")
     if note:
-        lines.append(note)
+        lines.append(note + (f"; the difference is in {first_title}" if ref is not None else ""))
     return "\n".join(lines) + "\n"
 
 

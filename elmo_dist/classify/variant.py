@@ -1,110 +1,118 @@
-"""Train, early-stop and report one layer-combination variant, on one process or several.
+"""Train, early-stop and report one variant of a task model, on one process or several.
 
-    run = VariantRun("scalar_mix", cfg, embedder, sources, y, labels, out_dir, accelerator)
+    run = VariantRun("scalar_mix", cfg, data, objective, embedder, sources, out_dir, accelerator, seed=0)
     summary = run.evaluate(run.fit())
 
-Data parallelism through Accelerate, as in pretraining: the classifier (and a trainable biLM) is
+The variant decides what the task model reads (elmo_dist.model.task): `no_elmo` its own word
+embedding x_k alone; the others [x_k; ELMo_k] with the biLM's layers combined as the variant says
+(frozen equal weights, a trained scalar mix, a learned function, the top layer).
+
+Data parallelism through Accelerate, as in pretraining: the task model (and a trainable biLM) is
 prepared by the run's Accelerator (DDP with several processes) and stepped with
 `accelerator.backward`. Every process draws the same global batches (one seeded permutation) and
 takes its contiguous share of each; its summed loss is divided by the global batch's total weight
-and multiplied by the number of processes, which DDP's gradient average divides out again: every
-process takes the step one process would take on the whole global batch, whatever the number of
-processes. Evaluation splits each split's documents the same way and gathers the predictions, so
-early stopping sees the same figures everywhere. Only the main process writes.
+(documents by class weight, or tokens) and multiplied by the number of processes, which DDP's
+gradient average divides out again: every process takes the step one process would take on the
+whole global batch, whatever the number of processes. Evaluation splits each split the same way
+and gathers the predictions, so early stopping sees the same figures everywhere. Only the main
+process writes.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 
-from elmo_dist.classify import report
+from elmo_dist.classify.inputs import batch_inputs
+from elmo_dist.classify.objectives import write_metrics
 from elmo_dist.config import FinetuneConfig, save_config
-from elmo_dist.embedder import Embedder
-from elmo_dist.model.classifier import TextClassifier
 from elmo_dist.model.scalar_mix import ScalarMix, build_mix
+from elmo_dist.model.task import Classifier, Tagger, TokenInputs
 from elmo_dist.runtime.accel import gather, share
 from elmo_dist.runtime.checkpoint import Checkpointer, write_weights
 from elmo_dist.runtime.logs import log
 from elmo_dist.runtime.metrics import MetricsLogger
 from elmo_dist.runtime.schedule import scheduled_lr
 
+BUCKET_BATCHES = 20  # batches sorted by length together (see VariantRun._global_batches)
 
-def mix_weights(clf: TextClassifier) -> tuple[list[float] | None, float | None]:
-    """The scalar mix's normalised layer weights and gamma, for reports (None for other variants)."""
-    if isinstance(clf.mix, ScalarMix):
-        return [round(w, 4) for w in clf.mix.normalized_weights().tolist()], round(float(clf.mix.gamma.detach()), 4)
+
+def build_task_model(cfg: FinetuneConfig, variant: str, task: str, n_outputs: int, vocab_size: int,
+                     n_layers: int, elmo_dim: int, vectors: torch.Tensor | None = None) -> torch.nn.Module:
+    """The task model of `variant`: x_k (words.dim, from `vectors` if given) and, but for no_elmo,
+    the biLM's layers mixed as the variant says (also at the output with classifier.elmo_at_output)."""
+    c = cfg.classifier
+    elmo = variant != "no_elmo"
+    mix = build_mix(variant, n_layers, elmo_dim, c.layer_norm, c.learned_fn_hidden) if elmo else None
+    out_mix = build_mix(variant, n_layers, elmo_dim, c.layer_norm, c.learned_fn_hidden) \
+        if elmo and c.elmo_at_output else None
+    inputs = TokenInputs(vocab_size, cfg.words.dim, mix, elmo_dim, c.elmo_dropout, vectors, cfg.words.trainable)
+    if task == "tagging":
+        return Tagger(inputs, n_outputs, c.bilstm_dim, c.dropout, c.crf, out_mix, elmo_dim, c.elmo_dropout)
+    return Classifier(inputs, n_outputs, c.encoder, c.pooling, c.hidden_dim, c.dropout, c.bilstm_dim, c.token_dim,
+                      out_mix, elmo_dim, c.elmo_dropout)
+
+
+def mix_weights(model) -> tuple[list[float] | None, float | None]:
+    """The input scalar mix's normalised layer weights and gamma, for reports (None for other variants)."""
+    if isinstance(model.mix, ScalarMix):
+        return [round(w, 4) for w in model.mix.normalized_weights().tolist()], round(float(model.mix.gamma.detach()), 4)
     return None, None
 
 
-def class_weights(y_train: np.ndarray, n_classes: int, how: str) -> np.ndarray:
-    """Per-class loss weights: ones, or scikit-learn's 'balanced' n_samples / (n_classes * count)."""
-    if how == "none":
-        return np.ones(n_classes)
-    from sklearn.utils.class_weight import compute_class_weight
-
-    present = np.unique(y_train)
-    w = np.ones(n_classes)
-    w[present] = compute_class_weight("balanced", classes=present, y=y_train)
-    return w
-
-
 class Tuned(torch.nn.Module):
-    """What fine-tuning trains, as one module for Accelerate to prepare: the classifier and, when it is
-    trainable, the biLM that `source` (LiveLayers) computes the layers with."""
+    """What fine-tuning trains, as one module for Accelerate to prepare: the task model and, when it is
+    trainable, the biLM that the layer source (LiveLayers) computes with."""
 
-    def __init__(self, clf: TextClassifier, bilm: torch.nn.Module | None):
+    def __init__(self, model: torch.nn.Module, bilm: torch.nn.Module | None):
         super().__init__()
-        self.clf, self.bilm = clf, bilm
+        self.model, self.bilm = model, bilm
 
-    def forward(self, source, idx: list[int], device) -> torch.Tensor:
-        layers, mask = source.batch(idx, device)
-        return self.clf(layers, mask)
+    def forward(self, data, sources, split: str, idx: list[int], device):
+        ids, layers, mask = batch_inputs(data, sources, split, idx, device)
+        return self.model(ids, layers, mask), mask
 
 
 class VariantRun:
-    """One variant and one seed: the classifier, its optimizer, training and evaluation."""
+    """One variant and one seed: the task model, its optimizer, training and evaluation."""
 
-    def __init__(self, variant: str, cfg: FinetuneConfig, embedder: Embedder, sources: dict, labels: dict,
-                 label_names: list[str], out_dir: Path, accelerator, seed: int | None = None):
-        self.variant, self.cfg, self.embedder = variant, cfg, embedder
-        self.sources, self.y, self.label_names, self.out = sources, labels, label_names, out_dir
-        self.acc = acc = accelerator
+    def __init__(self, variant: str, cfg: FinetuneConfig, data, objective, embedder, sources: dict | None,
+                 out_dir: Path, accelerator, seed: int | None = None, vectors: torch.Tensor | None = None):
+        self.variant, self.cfg, self.data, self.objective, self.embedder = variant, cfg, data, objective, embedder
+        self.sources = sources if variant != "no_elmo" else None  # no_elmo reads no biLM layer at all
+        self.out, self.acc = out_dir, accelerator
         self.seed = cfg.train.seed if seed is None else seed
-        c = cfg.classifier
-        torch.manual_seed(self.seed)  # the same initial classifier on every process
-        mix = build_mix(variant, embedder.n_layers, embedder.dim, c.layer_norm, c.learned_fn_hidden)
-        self.clf = TextClassifier(mix, embedder.dim, len(label_names), c.encoder, c.pooling, c.hidden_dim,
-                                  c.dropout, c.bilstm_dim, c.token_dim).to(embedder.device)
-        groups = [{"params": [p for p in self.clf.parameters() if p.requires_grad], "lr": cfg.optim.lr}]
-        if cfg.bilm.trainable:
+        torch.manual_seed(self.seed)  # the same initial task model on every process
+        self.net = build_task_model(cfg, variant, data.task, len(data.names), len(data.vocab), embedder.n_layers,
+                                    embedder.dim, vectors).to(embedder.device)
+        self.mix = self.net.mix
+        trainable = cfg.bilm.trainable and self.sources is not None
+        groups = [{"params": [p for p in self.net.parameters() if p.requires_grad], "lr": cfg.optim.lr}]
+        if trainable:
             # the biLM's softmax takes no part in its layers: frozen, so that DDP expects no gradient for it
             embedder.model.softmax.requires_grad_(False)
             groups.append({"params": [p for p in embedder.model.parameters() if p.requires_grad], "lr": cfg.bilm.lr})
-        optimizer = torch.optim.Adam(groups, weight_decay=cfg.optim.weight_decay)
+        # fused: one kernel per step instead of a dozen passes over every parameter; the word embedding
+        # x_k makes the parameters large enough for that to be most of a small task model's step
+        optimizer = torch.optim.Adam(groups, weight_decay=cfg.optim.weight_decay,
+                                     fused=embedder.device.type in ("cpu", "cuda"))
         self.base_lrs = [g["lr"] for g in optimizer.param_groups]
-        # the same module object stays inside DDP's wrapper: self.clf and embedder.model are what is saved
-        self.model, self.optimizer = acc.prepare(Tuned(self.clf, embedder.model if cfg.bilm.trainable else None),
-                                                 optimizer)
-        self.step = 0
-        bs = cfg.train.batch_size
-        self.total_steps = cfg.train.epochs * ((len(labels["train"]) + bs - 1) // bs)
+        self.bilm_trains = trainable
+        # the same module objects stay inside DDP's wrapper: self.net and embedder.model are what is saved
+        self.model, self.optimizer = accelerator.prepare(Tuned(self.net, embedder.model if trainable else None),
+                                                         optimizer)
+        self.step, bs = 0, cfg.train.batch_size
+        self.total_steps = cfg.train.epochs * ((len(data.ids["train"]) + bs - 1) // bs)
         self.generator = torch.Generator().manual_seed(self.seed)
-        weights = class_weights(labels["train"], len(label_names), cfg.train.class_weights)
-        self.class_weights = torch.tensor(weights, dtype=torch.float32, device=embedder.device)
-        # dropout differs per process, as data-parallel workers' should
-        torch.manual_seed(self.seed + 1 + acc.process_index)
-        self.metrics = MetricsLogger(out_dir, acc.is_main_process, True)
+        torch.manual_seed(self.seed + 1 + accelerator.process_index)  # dropout differs per process
+        self.metrics = MetricsLogger(out_dir, accelerator.is_main_process, True)
         self.best_state: dict | None = None
         # the best epoch's weights, as a checkpoint: OUT/checkpoints/step-<epoch>/model.safetensors
-        self.checkpointer = Checkpointer(out_dir, keep_last=1, is_main=acc.is_main_process)
+        self.checkpointer = Checkpointer(out_dir, keep_last=1, is_main=accelerator.is_main_process)
 
     def _set_mode(self, training: bool) -> None:
-        self.clf.train(training)
-        self.embedder.model.train(training and self.cfg.bilm.trainable)
+        self.net.train(training)
+        self.embedder.model.train(training and self.bilm_trains)
 
     def _set_lr(self) -> None:
         """The optim section's warmup and decay, one step further (the same on every process)."""
@@ -114,78 +122,79 @@ class VariantRun:
         self.step += 1
 
     def _global_batches(self, n: int):
+        """A seeded shuffle cut into batches of similar lengths: each run of BUCKET_BATCHES batches of
+        the shuffled units is sorted by length before it is cut, and the batches are shuffled again,
+        so a batch pads little (documents range from tens to thousands of tokens) and its units are
+        still random. Every process draws the same batches."""
         order = torch.randperm(n, generator=self.generator).tolist()
-        bs = self.cfg.train.batch_size
-        for start in range(0, n, bs):
-            yield order[start : start + bs]
+        lengths, bs = self.data.ids["train"], self.cfg.train.batch_size
+        batches = []
+        for start in range(0, n, bs * BUCKET_BATCHES):
+            bucket = sorted(order[start : start + bs * BUCKET_BATCHES], key=lambda i: len(lengths[i]))
+            batches.extend(bucket[k : k + bs] for k in range(0, len(bucket), bs))
+        for j in torch.randperm(len(batches), generator=self.generator).tolist():
+            yield batches[j]
 
     def train_epoch(self) -> tuple[float, float]:
-        """One pass over the training documents; (weighted mean loss, accuracy) over all processes."""
+        """One pass over the training units; (weighted mean loss, accuracy) over all processes."""
         self._set_mode(True)
-        acc, dev, y, source = self.acc, self.embedder.device, self.y["train"], self.sources["train"]
-        totals = torch.zeros(3, dtype=torch.float64)  # weighted loss, correct, count
-        for batch in self._global_batches(len(y)):
+        acc, dev, obj = self.acc, self.embedder.device, self.objective
+        totals = torch.zeros(3, dtype=torch.float64)  # summed loss, correct, count
+        for batch in self._global_batches(len(self.data.ids["train"])):
             mine = [batch[i] for i in share(acc, len(batch))]
-            scale = float(self.class_weights[torch.as_tensor(y[batch])].sum())
+            scale = obj.batch_weight("train", batch)
             idx, live = (mine, 1.0) if mine else (batch[:1], 0.0)  # an empty share still takes part
-            target = torch.as_tensor(y[idx], device=dev)
-            logits = self.model(source, idx, dev)
-            nll = F.cross_entropy(logits, target, weight=self.class_weights, reduction="sum")
-            loss = live * nll / scale
-            if isinstance(self.clf.mix, ScalarMix) and self.cfg.classifier.mix_l2 > 0:
-                loss = loss + self.cfg.classifier.mix_l2 * self.clf.mix.weights.pow(2).sum() / acc.num_processes
+            out, mask = self.model(self.data, self.sources, "train", idx, dev)
+            summed, correct, count = obj.loss(self.net, out, mask, "train", idx)
+            loss = live * summed / scale
+            if isinstance(self.mix, ScalarMix) and self.cfg.classifier.mix_l2 > 0:
+                loss = loss + self.cfg.classifier.mix_l2 * self.mix.weights.pow(2).sum() / acc.num_processes
             self.optimizer.zero_grad(set_to_none=False)
             acc.backward(loss * acc.num_processes)  # DDP averages the gradients: this makes it their sum
             acc.clip_grad_norm_(self.model.parameters(), self.cfg.optim.grad_clip)
             self._set_lr()
             self.optimizer.step()
-            totals += torch.tensor([live * float(nll.detach()), live * int((logits.argmax(-1) == target).sum()),
-                                    live * len(idx)], dtype=torch.float64)
+            totals += torch.tensor([live * float(summed.detach()), live * correct, live * count], dtype=torch.float64)
         loss_sum, correct, count = acc.reduce(totals.to(acc.device), reduction="sum").tolist()
-        weight_sum = float(self.class_weights[torch.as_tensor(y)].sum())
-        return loss_sum / weight_sum, correct / count
+        return loss_sum / obj.split_weight("train"), correct / max(count, 1)
 
     @torch.no_grad()
-    def predict(self, split: str) -> tuple[np.ndarray, float]:
-        """Predicted class of every document of `split` (gathered from all processes) and the mean loss."""
+    def predict(self, split: str) -> tuple[list, float]:
+        """Every unit's prediction in `split` (gathered from all processes) and the mean loss per unit
+        (classification) or token (tagging)."""
         self._set_mode(False)
-        y, bs, acc = self.y[split], self.cfg.train.batch_size, self.acc
-        mine = share(acc, len(y))
-        preds, total = [np.zeros(0, dtype=np.int64)], 0.0
-        for start in range(mine.start, mine.stop, bs):
-            idx = list(range(start, min(start + bs, mine.stop)))
-            layers, mask = self.sources[split].batch(idx, self.embedder.device)
-            logits = self.clf(layers, mask)
-            total += float(F.cross_entropy(logits, torch.as_tensor(y[idx], device=logits.device), reduction="sum"))
-            preds.append(logits.argmax(-1).cpu().numpy())
-        pred = np.concatenate(gather(acc, np.concatenate(preds)))
-        summed = acc.reduce(torch.tensor([total], dtype=torch.float64, device=acc.device), reduction="sum")
-        return pred, float(summed[0]) / len(y)
+        acc, bs, n = self.acc, self.cfg.train.batch_size, len(self.data.ids[split])
+        mine, totals = share(acc, n), torch.zeros(2, dtype=torch.float64)
+        ids_of = self.data.ids[split]
+        by_length = sorted(mine, key=lambda i: len(ids_of[i]))  # batches of similar lengths pad little
+        preds: list = [None] * len(mine)
+        for start in range(0, len(by_length), bs):
+            idx = by_length[start : start + bs]
+            ids, layers, mask = batch_inputs(self.data, self.sources, split, idx, self.embedder.device)
+            out = self.net(ids, layers, mask)
+            loss, count = self.objective.eval_loss(self.net, out, mask, split, idx)
+            totals += torch.tensor([loss, count], dtype=torch.float64)
+            for i, p in zip(idx, self.objective.predict(self.net, out, mask)):
+                preds[i - mine.start] = p
+        loss, count = acc.reduce(totals.to(acc.device), reduction="sum").tolist()
+        return [p for part in gather(acc, preds) for p in part], loss / max(count, 1)
 
     def _state(self) -> dict:
-        state = {f"classifier.{k}": v for k, v in self.clf.state_dict().items()}
-        if self.cfg.bilm.trainable:
+        state = {f"classifier.{k}": v for k, v in self.net.state_dict().items()}
+        if self.bilm_trains:
             state.update({f"bilm.{k}": v for k, v in self.embedder.model.state_dict().items()})
         return {k: v.detach().cpu().clone().contiguous() for k, v in state.items()}
 
     def _load(self, state: dict) -> None:
-        self.clf.load_state_dict({k[len("classifier."):]: v for k, v in state.items() if k.startswith("classifier.")})
+        self.net.load_state_dict({k[len("classifier."):]: v for k, v in state.items() if k.startswith("classifier.")})
         bilm = {k[len("bilm."):]: v for k, v in state.items() if k.startswith("bilm.")}
         if bilm:
             self.embedder.model.load_state_dict(bilm)
 
     def _write_best(self, tmp: Path, epoch: int) -> None:
         write_weights(tmp, self.best_state)
-        (tmp / "trainer_state.json").write_text(json.dumps({"epoch": epoch, "step": self.step, "seed": self.seed}))
+        (tmp / "trainer_state.json").write_text(f'{{"epoch": {epoch}, "step": {self.step}, "seed": {self.seed}}}')
         save_config(self.cfg, tmp / "config.yaml")
-
-    def _score(self, pred: np.ndarray, loss: float) -> tuple[float, float]:
-        """What early stopping maximises: the chosen validation metric, then the lower loss."""
-        if self.cfg.train.early_stopping == "f1_macro":
-            metric = report.compute_metrics(self.y["valid"], pred, self.label_names)["f1_macro"]
-        else:
-            metric = float((pred == self.y["valid"]).mean())
-        return metric, -loss
 
     def fit(self) -> list[dict]:
         """Train until train.epochs or train.patience epochs without a better validation score;
@@ -195,10 +204,10 @@ class VariantRun:
         for epoch in range(1, self.cfg.train.epochs + 1):
             train_loss, train_acc = self.train_epoch()
             pred, valid_loss = self.predict("valid")
-            valid_acc = float((pred == self.y["valid"]).mean())
-            score = self._score(pred, valid_loss)
+            m = self.objective.metrics("valid", pred, valid_loss)
+            score = (self.objective.score(m), -valid_loss)  # the chosen metric, then the lower loss
             history.append({"epoch": epoch, "train_loss": train_loss, "train_acc": train_acc,
-                            "valid_loss": valid_loss, "valid_acc": valid_acc, "valid_score": score[0]})
+                            "valid_loss": valid_loss, "valid_acc": m["accuracy"], "valid_score": score[0]})
             self._log_epoch(history[-1])
             if score > best:
                 best, bad, self.best_state = score, 0, self._state()
@@ -215,7 +224,7 @@ class VariantRun:
         return history
 
     def _log_epoch(self, h: dict) -> None:
-        weights, gamma = mix_weights(self.clf)
+        weights, gamma = mix_weights(self.net)
         scalars = {"train/loss": h["train_loss"], "train/accuracy": h["train_acc"], "valid/loss": h["valid_loss"],
                    "valid/accuracy": h["valid_acc"], f"valid/{self.cfg.train.early_stopping}": h["valid_score"],
                    "train/lr": self.optimizer.param_groups[0]["lr"]}
@@ -227,22 +236,24 @@ class VariantRun:
 
     def evaluate(self, history: list[dict]) -> dict:
         """Train and test metrics of the best epoch; the reports and plots (main process)."""
-        results = {}
+        from elmo_dist.classify import report
+
+        results, test_preds = {}, None
         for split in ("train", "test"):
             pred, loss = self.predict(split)
-            results[split] = report.compute_metrics(self.y[split], pred, self.label_names, loss)
-        weights, gamma = mix_weights(self.clf)
+            results[split] = self.objective.metrics(split, pred, loss)
+            test_preds = pred if split == "test" else test_preds
+        weights, gamma = mix_weights(self.net)
         best_epoch = max(history, key=lambda h: (h["valid_score"], -h["valid_loss"]))["epoch"]
         summary = {"variant": self.variant, "seed": self.seed, "best_epoch": best_epoch, "epochs_run": len(history),
-                   "early_stopping": self.cfg.train.early_stopping, "class_weights": self.cfg.train.class_weights,
-                   "layer_weights": weights, "gamma": gamma, "train": results["train"], "test": results["test"]}
+                   "early_stopping": self.cfg.train.early_stopping, "layer_weights": weights, "gamma": gamma,
+                   "train": results["train"], "test": results["test"]}
         if self.acc.is_main_process:
-            (self.out / "metrics.json").write_text(json.dumps(summary, indent=2))
-            (self.out / "report.txt").write_text(report.format_report(results, title=self.variant))
-            report.plot_confusion(results["test"]["confusion_matrix"], self.label_names,
-                                  self.out / "confusion_test.png", title=f"{self.variant}: test")
+            write_metrics(self.out, summary)
+            self.objective.write(self.out, results, self.variant)
+            if hasattr(self.objective, "write_predictions"):
+                self.objective.write_predictions(self.out, "test", test_preds)
             report.plot_curves(history, self.out / "curves.png", title=self.variant)
-        self.metrics.log({"test/accuracy": results["test"]["accuracy"], "test/f1_macro": results["test"]["f1_macro"]},
-                         best_epoch)
+        self.metrics.log({"test/accuracy": results["test"]["accuracy"]}, best_epoch)
         self.metrics.close()
         return summary

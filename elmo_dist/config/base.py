@@ -81,9 +81,10 @@ _YAML11_WORDS = {"on", "off", "yes", "no"}  # compared lowercased
 
 
 def _keep_word(item: str) -> str:
-    """key=off -> key="off": the word, not YAML 1.1's boolean."""
+    """key=off -> key="off": the word, not YAML 1.1's boolean; key= -> key="": an empty string (such as
+    `data.valid=`, clearing a file a config names), not null."""
     key, value = item.split("=", 1)
-    return f'{key}="{value.strip()}"' if value.strip().lower() in _YAML11_WORDS else item
+    return f'{key}="{value.strip()}"' if value.strip().lower() in _YAML11_WORDS or not value.strip() else item
 
 
 def _restore_words(node, tree):

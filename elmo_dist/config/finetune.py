@@ -16,8 +16,9 @@ from elmo_dist.config import base
 from elmo_dist.config.process_group import ProcessGroupConfig, validate_process_group
 from elmo_dist.config.slurm import SlurmConfig, validate_slurm
 
-# the ways of combining the biLM's layers (elmo_dist.model.scalar_mix builds them)
-Variant = Literal["frozen", "scalar_mix", "learned_fn", "top"]
+# the task model without the biLM (no_elmo, the baseline every other row is compared with), then the
+# ways of combining the biLM's layers (elmo_dist.model.scalar_mix builds them)
+Variant = Literal["no_elmo", "frozen", "scalar_mix", "learned_fn", "top"]
 VARIANTS = get_args(Variant)
 
 
@@ -46,8 +47,10 @@ class BilmSection:
 
 @dataclass
 class TaskSection:
-    format: Literal["auto", "agnews", "csv", "tsv", "jsonl", "folders"] = "auto"
-    """auto | agnews | csv | tsv | jsonl | folders (one sub-folder per class)."""
+    format: Literal["auto", "agnews", "csv", "tsv", "jsonl", "folders", "conll", "conllu"] = "auto"
+    """Classification: auto | agnews | csv | tsv | jsonl | folders (one sub-folder per class). Tagging:
+    auto | conll (columns, token first, a blank line between sentences) | conllu (Universal
+    Dependencies); auto takes conllu for a `.conllu` file and conll otherwise."""
     train: str = ""
     """The training file or folder (required)."""
     valid: str = ""
@@ -64,14 +67,40 @@ class TaskSection:
     """Stratified share of train held out for testing when `test` is empty; in (0, 1)."""
     split_seed: int = 0
     """Seed of the train/valid/test split: the same seed always gives the same split."""
-    max_tokens: int = 300
-    """Documents are cut to their first max_tokens tokens."""
+    max_tokens: int = 0
+    """Classification: read at most this many tokens of each document (0 = the whole document)."""
+    window_tokens: int = 100
+    """Classification: a document is read in pieces, its sentences packed into windows of at most this
+    many tokens (a longer sentence is cut), each read as `<S> tokens </S>` like a pretraining line;
+    the pieces' layers are concatenated and the classifier pools over the whole document."""
+    tag_column: int = -1
+    """Tagging, conll: the column that holds the tag (0-based; -1 = the last)."""
+    conllu_tag: Literal["upos", "xpos"] = "upos"
+    """Tagging, conllu: which tag column to learn."""
+
+
+@dataclass
+class WordsSection:
+    dim: int = 128
+    """Width of the task model's own word embedding x_k, learned over the task's training words (the
+    input is [x_k; ELMo_k], Peters et al. 2018, section 3.3); 0 = no x_k, the biLM's layers alone."""
+    min_count: int = 2
+    """Training words seen fewer times share the unknown-word vector."""
+    max_size: int = 50000
+    """At most this many words (the most frequent), besides padding and the unknown word."""
+    vectors: str = ""
+    """Optional word vectors to start x_k from: a word2vec or GloVe text file (one `word v1 .. vd` line
+    per word, dim values; an optional `count dim` header line). Words it lacks start random."""
+    trainable: bool = True
+    """Train x_k with the task model (false keeps the vectors as loaded)."""
 
 
 @dataclass
 class ClassifierSection:
     variant: Variant = "scalar_mix"
-    """frozen | scalar_mix | learned_fn | top (used when `variants` is empty)."""
+    """no_elmo | frozen | scalar_mix | learned_fn | top (used when `variants` is empty); no_elmo is the
+    task model on its own word embedding alone, the baseline the comparison table measures ELMo
+    against."""
     encoder: Literal["pool", "bilstm"] = "pool"
     """pool (masked mean+max over tokens) | bilstm (a BiLSTM over the mixed tokens, then pooling)."""
     pooling: Literal["mean", "max", "mean_max"] = "mean_max"
@@ -81,7 +110,19 @@ class ClassifierSection:
     hidden_dim: int = 256
     """Hidden width of the MLP head."""
     dropout: float = 0.3
-    """Dropout on the mixed representation and inside the MLP, in [0, 1)."""
+    """Dropout on the token inputs, and inside the MLP (classification) or before the tag scores
+    (tagging), in [0, 1)."""
+    elmo_dropout: float = 0.5
+    """Dropout on ELMo_k before it joins x_k, the paper's regulariser, in [0, 1)."""
+    elmo_at_output: bool = False
+    """Also add ELMo at the task model's output, [h_k; ELMo_k] with a mix of its own (section 3.3):
+    before pooling (classification) or before the tag scores (tagging)."""
+    crf: bool = False
+    """Tagging: decode with a linear-chain CRF over the tag scores (otherwise each token's best tag)."""
+    tag_scheme: Literal["auto", "BIO", "IOB1", "BIOES", "none"] = "auto"
+    """Tagging: how tags name entities. BIO, IOB1, BIOES: entity-level precision, recall and F1
+    (seqeval, conlleval's definition); none: a tag per token (part of speech), token accuracy; auto
+    decides from the training tags."""
     bilstm_dim: int = 128
     """encoder bilstm only: LSTM cells per direction."""
     layer_norm: bool = False
@@ -120,8 +161,10 @@ class FinetuneTrain:
     patience: int = 5
     """Stop after this many epochs without a better validation score (train.early_stopping); the best
     epoch is kept."""
-    early_stopping: Literal["accuracy", "f1_macro"] = "accuracy"
-    """The validation metric that picks the best epoch: accuracy or f1_macro (for imbalanced classes)."""
+    early_stopping: Literal["accuracy", "f1_macro", "f1"] = "accuracy"
+    """The validation metric that picks the best epoch: accuracy (of documents, or of tokens when
+    tagging), f1_macro (classification, for imbalanced classes) or f1 (tagging with B-/I- tags:
+    entity-level F1)."""
     class_weights: Literal["none", "balanced"] = "none"
     """none, or balanced: weight each class's loss by n_samples / (n_classes x its count), as
     scikit-learn's 'balanced', so that small classes are not ignored."""
@@ -154,11 +197,16 @@ class FinetuneConfig:
     dist: FinetuneDist = field(default_factory=FinetuneDist)
     """Several processes (torchrun --nproc_per_node N -m elmo_dist finetune ...): data parallel, the same
     result as one process with the same global batch (train.batch_size)."""
+    task: Literal["classification", "tagging"] = "classification"
+    """classification: one label per document (csv, jsonl, folders, ...); tagging: one tag per token
+    of each sentence (CoNLL, CoNLL-U), e.g. part of speech or named entities."""
+    words: WordsSection = field(default_factory=WordsSection)
+    """The task model's own token representation x_k."""
     variants: list = field(default_factory=list)
     """Run these variants one after the other, each in RUN_DIR/<variant>, and compare them.
     Empty: train only classifier.variant, with its outputs in RUN_DIR itself."""
     baseline: bool = True
-    """Add a TF-IDF + logistic-regression row, trained and tested on the same split."""
+    """Classification: add a TF-IDF + logistic-regression row, trained and tested on the same split."""
     slurm: SlurmConfig = field(default_factory=SlurmConfig)
     """How `elmo-dist submit finetune` runs this config (one array task per variant)."""
 
@@ -176,7 +224,22 @@ def _validate(cfg: FinetuneConfig) -> None:
                  f"has '{v}', expected one of {', '.join(VARIANTS)}")
     _require(0 <= cfg.classifier.dropout < 1, "classifier.dropout", "must be in [0, 1)")
     _require(bool(cfg.data.train), "data.train", "must name the training file or folder")
-    _require(cfg.data.max_tokens > 0, "data.max_tokens", "must be positive")
+    _require(cfg.data.max_tokens >= 0, "data.max_tokens", "must be >= 0 (0 = whole documents)")
+    _require(cfg.data.window_tokens > 0, "data.window_tokens", "must be positive")
+    _require(0 <= cfg.classifier.elmo_dropout < 1, "classifier.elmo_dropout", "must be in [0, 1)")
+    for key in ("dim", "min_count", "max_size"):
+        _require(getattr(cfg.words, key) >= 0, f"words.{key}", "must be >= 0")
+    tagging = cfg.task == "tagging"
+    formats = ("auto", "conll", "conllu") if tagging else ("auto", "agnews", "csv", "tsv", "jsonl", "folders")
+    _require(cfg.data.format in formats, "data.format", f"must be one of {', '.join(formats)} for task {cfg.task}")
+    stops = ("accuracy", "f1") if tagging else ("accuracy", "f1_macro")
+    _require(cfg.train.early_stopping in stops, "train.early_stopping",
+             f"must be one of {', '.join(stops)} for task {cfg.task}")
+    _require(not cfg.classifier.crf or tagging, "classifier.crf", "applies to task tagging only")
+    if not cfg.words.dim:
+        _require("no_elmo" not in (cfg.variants or [cfg.classifier.variant]), "words.dim",
+                 "is 0, so the no_elmo variant would have no input at all")
+    _require(cfg.words.vectors == "" or cfg.words.dim > 0, "words.vectors", "needs words.dim > 0")
     _require(0 < cfg.data.valid_fraction < 1 and 0 < cfg.data.test_fraction < 1, "data.valid_fraction",
              "and data.test_fraction must be in (0, 1)")
     for key in ("epochs", "batch_size", "patience"):

@@ -10,14 +10,24 @@ import sys
 import pytest
 import torch
 
-from conftest import REPO, TINY_OVERRIDES, best_weights, finetune_f32_bounds, run_cli, write_order_task
+from conftest import (
+    EPS32,
+    REPO,
+    TINY_OVERRIDES,
+    best_weights,
+    finetune_f32_bounds,
+    run_cli,
+    write_order_task,
+    write_tagged,
+)
 
 pytestmark = pytest.mark.slow(seconds=51)  # its serial seconds: conftest starts the slowest first
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 # no dropout anywhere: the processes draw no random numbers that one process would draw differently
-EXACT = ["classifier.dropout=0", "train.epochs=3", "train.batch_size=10", "train.patience=3", "train.device=cpu",
-         "classifier.token_dim=16", "classifier.hidden_dim=16", "baseline=false"]
+EXACT = ["classifier.dropout=0", "classifier.elmo_dropout=0", "words.dim=16", "train.epochs=3", "train.batch_size=10",
+         "train.patience=3", "train.device=cpu", "classifier.token_dim=16", "classifier.hidden_dim=16",
+         "baseline=false"]
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +68,7 @@ def test_two_processes_equal_one(mode, bilm, tmp_path):
         wa = best_weights(tmp_path / "one" / variant)
         wb = best_weights(tmp_path / "two" / variant)
         # at most 3 epochs x 10 batches (97 documents, 10 a batch); finetune_f32_bounds says where they come from
-        atol, rtol = finetune_f32_bounds(bilm, wa, 30, variant, mode == "trainable", n_docs=97)
+        atol, rtol = finetune_f32_bounds(bilm, wa, 30, variant, mode == "trainable", n_docs=97, word_dim=16)
         assert wa.keys() == wb.keys()
         for name in wa:
             torch.testing.assert_close(wb[name], wa[name], rtol=0, atol=atol, msg=name)
@@ -69,3 +79,40 @@ def test_two_processes_equal_one(mode, bilm, tmp_path):
     if mode == "cached":  # each process filled its own shard of every split's cache
         metas = [json.loads(p.read_text()) for p in (tmp_path / "two-cache").glob("*/meta.json")]
         assert len(metas) == 3 and all(len(m["shards"]) == 2 for m in metas)
+
+
+def tagger_f32_atol(weights: dict, steps: int, lr: float, batch_tokens: int, path_width: int) -> float:
+    """The atol on each weight of the same tagger training done with sums in another order (two
+    processes' all-reduce against one process's sum): each gradient is a sum over the batch's tokens
+    of products along the network (x_k, the biLM's mix, the BiLSTM's gates through time, the tag
+    scores, the CRF), so it is within EPS32 x n of itself, relative, with n = the batch's tokens plus
+    twice the widths summed along that path; Adam's step (at most 3.2 lr) moves by at most twice that
+    relative error, and w - step may round one ulp apart (EPS32 |w|). First order over the steps, as
+    finetune_f32_bounds (conftest) derives it for the classifier."""
+    w_max = max(float(w.abs().max()) for w in weights.values()) + steps * 3.2 * lr
+    return EPS32 * steps * (2 * 3.2 * lr * (batch_tokens + 2 * path_width) + w_max)
+
+
+def test_two_processes_tag_as_one(bilm, tmp_path):
+    write_tagged(tmp_path / "train.conll", 97, 0)  # 97 sentences of 5 tokens: the last batch splits unevenly
+    args = ["finetune", str(REPO / "configs/tagging.yaml"), f"bilm.path={bilm}",
+            f"data.train={tmp_path / 'train.conll'}", "data.valid=", "data.test=", "variants=[no_elmo,scalar_mix]",
+            "train.seeds=[0]", "train.epochs=3", "train.batch_size=10", "train.device=cpu", "classifier.dropout=0",
+            "classifier.elmo_dropout=0", "classifier.bilstm_dim=8", "words.dim=8", "classifier.crf=true",
+            "optim.warmup_steps=0"]
+    run_cli(*args, f"train.run_dir={tmp_path / 'one'}", f"bilm.cache_dir={tmp_path}/one-cache")
+    torchrun2(*args, f"train.run_dir={tmp_path / 'two'}", f"bilm.cache_dir={tmp_path}/two-cache")
+    one = json.loads((tmp_path / "one" / "summary.json").read_text())
+    two = json.loads((tmp_path / "two" / "summary.json").read_text())
+    assert (one["processes"], two["processes"], one["task"]) == (1, 2, "tagging")
+    for variant, a in one["variants"].items():
+        b = two["variants"][variant]
+        assert b["best_epoch"] == a["best_epoch"]
+        for split in ("train", "test"):  # every token's predicted tag is the same
+            assert b[split]["accuracy"] == a[split]["accuracy"] and b[split]["per_tag"] == a[split]["per_tag"]
+        wa, wb = best_weights(tmp_path / "one" / variant), best_weights(tmp_path / "two" / variant)
+        # 10 sentences x 7 positions with <S> and </S>; the path: x_k (8) and the mix of 3 layers of
+        # 2 x 32 = 64, four gates of 8 cells through 7 steps, the 2 x 8 outputs, the tags (<= 6) and the CRF
+        atol = tagger_f32_atol(wa, 3 * 10, 2e-3, 70, 8 + 3 * 64 + 7 * 4 * 8 + 16 + 2 * 6)
+        for name in wa:
+            torch.testing.assert_close(wb[name], wa[name], rtol=0, atol=atol, msg=name)

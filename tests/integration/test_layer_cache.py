@@ -23,8 +23,9 @@ def texts(tmp_path_factory):
 
 
 def build(embedder, texts, root, max_tokens=50, logs=None):
-    tokens = lambda i: embedder.tokenize(texts[i])[:max_tokens]  # noqa: E731
-    return open_or_build(embedder, texts, tokens, max_tokens, root, batch_size=7,
+    """Each document as one piece of at most `max_tokens` tokens."""
+    pieces = lambda i: [embedder.tokenize(texts[i])[:max_tokens]]  # noqa: E731
+    return open_or_build(embedder, texts, pieces, {"max_tokens": max_tokens}, root, batch_size=7,
                          weights=weights_digest(embedder.model), acc=one_process(),
                          log=(logs.append if logs is not None else None))
 
@@ -86,3 +87,20 @@ def test_an_incomplete_cache_is_never_read(tiny_bilm, texts, tmp_path):
     rebuilt = build(elmo, texts, tmp_path)
     assert json.loads((rebuilt.dir / META).read_text()) == meta
     assert np.array_equal(LayerCache(rebuilt.dir).lengths, first.lengths)
+
+
+def test_a_document_of_several_pieces_is_its_pieces_layers_joined(tiny_bilm, texts, tmp_path):
+    """A whole document read in windows: position t of its cached layers is token t of the document,
+    each window read on its own as `<S> window </S>`."""
+    elmo = Embedder.from_run(tiny_bilm, "cpu")
+    elmo.model.double()
+    words = elmo.tokenize(texts[20])
+    windows = [words[:7], words[7:19], words[19:]]
+    cache = open_or_build(elmo, [texts[20]], lambda i: windows, {"window_tokens": 12}, tmp_path, batch_size=2,
+                          weights=weights_digest(elmo.model), acc=one_process())
+    got, mask = cache.batch([0], "cpu")
+    assert got.shape[2] == len(words) and bool(mask.all())
+    want = torch.cat([elmo.layers([w])[0][0] for w in windows], dim=1)  # [L+1, T, D]
+    torch.testing.assert_close(got[0].double(), want, rtol=2**-11 + 2**-24, atol=2**-25 + 1e-12)
+    whole = elmo.layers([words])[0][0]  # read as one sentence, the pieces' boundaries would not show
+    assert not torch.allclose(got[0, 1:, 7].double(), whole[1:, 7], atol=1e-3)

@@ -210,7 +210,8 @@ def test_sbatch_finetune_two_tasks_matches_one_process(slurm, tmp_path, grammar_
     data = write_order_task(tmp_path / "task.jsonl", 90, seed=2)
     args = [str(REPO / "configs/finetune.yaml"), f"bilm.path={reference}", f"data.train={data}",
             "variants=[scalar_mix]", "train.epochs=2", "train.batch_size=10", "classifier.dropout=0",
-            "classifier.token_dim=16", "classifier.hidden_dim=16", "baseline=false", "train.device=cpu"]
+            "classifier.elmo_dropout=0", "words.dim=16", "classifier.token_dim=16", "classifier.hidden_dim=16",
+            "baseline=false", "train.device=cpu"]
     one = run_cli("finetune", *args, f"train.run_dir={tmp_path / 'one'}", f"bilm.cache_dir={tmp_path / 'c1'}")
     assert one.returncode == 0
     job = slurm.sbatch([*CPU_JOB, "--nodes=2", "--ntasks-per-node=1", f"--output={tmp_path}/%j.out",
@@ -225,6 +226,7 @@ def test_sbatch_finetune_two_tasks_matches_one_process(slurm, tmp_path, grammar_
     assert b["variants"]["scalar_mix"]["test"]["accuracy"] == a["variants"]["scalar_mix"]["test"]["accuracy"]
     # sums in another order: within float32's rounding of that fine-tuning (at most 2 epochs x 9 batches)
     weights = best_weights(tmp_path / "one" / "scalar_mix")
-    _, rtol = finetune_f32_bounds(reference, weights, 2 * 9, "scalar_mix", trainable=False, n_docs=90)
+    _, rtol = finetune_f32_bounds(reference, weights, 2 * 9, "scalar_mix", trainable=False, n_docs=90,
+                                  word_dim=16)
     assert b["variants"]["scalar_mix"]["test"]["loss"] == pytest.approx(a["variants"]["scalar_mix"]["test"]["loss"],
                                                                         rel=rtol, abs=0)

@@ -15,6 +15,8 @@ from elmo_dist.config import (
 )
 from elmo_dist.errors import ConfigError
 
+from conftest import REPO
+
 
 def write(tmp_path, text, name="cfg.yaml"):
     path = tmp_path / name
@@ -281,3 +283,14 @@ def test_on_off_yes_no_are_the_words_not_yaml_1_1_booleans(tmp_path):
     (tmp_path / "q.yaml").write_text("train:\n  nonfinite: 'OFF'\n")  # quoted: a string anyway, checked as such
     with pytest.raises(ConfigError, match="train.nonfinite"):
         load(PretrainConfig, tmp_path / "q.yaml")
+
+
+def test_an_empty_override_clears_a_string_key():
+    """`data.valid=` (nothing after =) means the empty string, so a file the config names can be cleared
+    from the command line; it was null before, refused as "Incompatible value 'None'"."""
+    from elmo_dist.config import FinetuneConfig
+
+    cfg = load(FinetuneConfig, REPO / "configs/tagging.yaml", ["data.valid=", "data.test= "])
+    assert (cfg.data.valid, cfg.data.test) == ("", "")
+    with pytest.raises(ConfigError, match="train.epochs"):
+        load(FinetuneConfig, REPO / "configs/tagging.yaml", ["train.epochs="])

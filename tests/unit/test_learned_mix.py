@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from elmo_dist.model.classifier import TextClassifier
 from elmo_dist.model.scalar_mix import build_mix
+from elmo_dist.model.task import Classifier, TokenInputs
 
 
 def correction_ratio_after(steps: int, seed: int = 0) -> float:
@@ -15,10 +15,11 @@ def correction_ratio_after(steps: int, seed: int = 0) -> float:
     layers = torch.randn(16, 3, 40, 128).abs() * 0.8  # ReLU-like, non-negative, RMS about the biLM's
     mask = torch.ones(16, 40, dtype=torch.bool)
     target = torch.randint(0, 5, (16,))
-    clf = TextClassifier(build_mix("learned_fn", 3, 128), 128, 5, token_dim=64, hidden=32, dropout=0.0)
+    inputs = TokenInputs(mix=build_mix("learned_fn", 3, 128), elmo_dim=128)  # the biLM's layers alone
+    clf = Classifier(inputs, 5, token_dim=64, hidden=32, dropout=0.0)
     opt = torch.optim.Adam(clf.parameters(), lr=2e-3)
     for _ in range(steps):
-        loss = torch.nn.functional.cross_entropy(clf(layers, mask), target)
+        loss = torch.nn.functional.cross_entropy(clf(None, layers, mask), target)
         opt.zero_grad()
         loss.backward()
         opt.step()

@@ -1,0 +1,149 @@
+"""Task models with ELMo added the way the ELMo paper does it (Peters et al., 2018, section 3.3).
+
+    inputs = TokenInputs(vocab_size=20000, word_dim=128, mix=build_mix("scalar_mix", 3, 128), elmo_dim=128)
+    clf = Classifier(inputs, n_classes=5)                    # logits [B, n_classes]
+    tagger = Tagger(inputs, n_tags=17, crf=True)            # emissions [B, T, n_tags]
+    out = clf(ids, layers, mask)   # ids [B, T] task-vocabulary ids, layers [B, L+1, T, D] (or None), mask [B, T]
+
+"We simply freeze the weights of the biLM and then concatenate the ELMo vector ELMo_k^task with
+x_k and pass the ELMo enhanced representation [x_k; ELMo_k^task] into the task RNN" (section 3.3):
+x_k is the task model's own token representation, here a word embedding over the task's training
+vocabulary (`word_dim`; 0 drops it, leaving the biLM's layers alone), and ELMo_k^task the mixed
+biLM layers (`mix`; None for the `no_elmo` baseline, which reads no biLM layer at all). Dropout on
+ELMo is the paper's regulariser (`elmo_dropout`). The paper's second injection, at the task
+model's output ([h_k; ELMo_k^task] with a mix of its own), is `output_mix`.
+
+Classifier: inputs -> per-token Linear -> ReLU (`token_dim`) or a BiLSTM -> [+ output ELMo] ->
+masked mean||max pooling over the whole document -> LayerNorm -> MLP. Tagger: inputs -> BiLSTM ->
+[+ output ELMo] -> per-token Linear -> tag scores, decoded per token or by a linear-chain CRF.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from elmo_dist.model.crf import LinearChainCRF
+
+
+def masked_pool(x: torch.Tensor, mask: torch.Tensor, how: str) -> torch.Tensor:
+    """[B, T, D] -> [B, D] (mean or max) or [B, 2D] (mean_max) over the unmasked tokens."""
+    m = mask.unsqueeze(-1).to(x.dtype)
+    parts = []
+    if how in ("mean", "mean_max"):
+        parts.append((x * m).sum(1) / m.sum(1).clamp(min=1))
+    if how in ("max", "mean_max"):
+        parts.append(x.masked_fill(m == 0, float("-inf")).amax(1).clamp(min=-1e4))
+    return torch.cat(parts, dim=-1)
+
+
+class TokenInputs(nn.Module):
+    """[x_k; ELMo_k] per token: the task's word embedding and/or the mixed biLM layers."""
+
+    def __init__(self, vocab_size: int = 0, word_dim: int = 0, mix: nn.Module | None = None, elmo_dim: int = 0,
+                 elmo_dropout: float = 0.0, vectors: torch.Tensor | None = None, train_words: bool = True):
+        super().__init__()
+        if not word_dim and mix is None:
+            raise ValueError("a task model needs word vectors (word_dim > 0), the biLM's layers (a mix), or both")
+        self.words = nn.Embedding(vocab_size, word_dim, padding_idx=0) if word_dim else None
+        if self.words is not None and vectors is not None:
+            self.words.weight.data.copy_(vectors)  # rows of words the vectors file lacks stay random
+        if self.words is not None:
+            self.words.weight.requires_grad_(train_words)
+        self.mix, self.elmo_dropout = mix, nn.Dropout(elmo_dropout)
+        self.dim = word_dim + (elmo_dim if mix is not None else 0)
+
+    @property
+    def reads_elmo(self) -> bool:
+        return self.mix is not None
+
+    def forward(self, ids: torch.Tensor, layers: torch.Tensor | None, mask: torch.Tensor) -> torch.Tensor:
+        parts = []
+        if self.words is not None:
+            parts.append(self.words(ids))
+        if self.mix is not None:
+            parts.append(self.elmo_dropout(self.mix(layers, mask)))
+        return torch.cat(parts, dim=-1) if len(parts) > 1 else parts[0]
+
+
+def _bilstm(x: torch.Tensor, mask: torch.Tensor, lstm: nn.LSTM) -> torch.Tensor:
+    lengths = mask.sum(1).clamp(min=1).cpu()
+    packed = nn.utils.rnn.pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
+    out, _ = lstm(packed)
+    return nn.utils.rnn.pad_packed_sequence(out, batch_first=True, total_length=mask.shape[1])[0]
+
+
+class _OutputElmo(nn.Module):
+    """[h_k; ELMo_k] at the task model's output, with a mix of its own (section 3.3)."""
+
+    def __init__(self, mix: nn.Module | None, dropout: float):
+        super().__init__()
+        self.mix, self.dropout = mix, nn.Dropout(dropout)
+
+    def forward(self, h: torch.Tensor, layers: torch.Tensor | None, mask: torch.Tensor) -> torch.Tensor:
+        if self.mix is None:
+            return h
+        return torch.cat([h, self.dropout(self.mix(layers, mask))], dim=-1)
+
+
+class Classifier(nn.Module):
+    """One label per document, read whole: inputs -> encoder -> [output ELMo] -> pooling -> MLP."""
+
+    def __init__(self, inputs: TokenInputs, n_classes: int, encoder: str = "pool", pooling: str = "mean_max",
+                 hidden: int = 256, dropout: float = 0.3, bilstm_dim: int = 128, token_dim: int = 512,
+                 output_mix: nn.Module | None = None, elmo_dim: int = 0, elmo_dropout: float = 0.0):
+        super().__init__()
+        self.inputs, self.encoder_kind, self.pooling = inputs, encoder, pooling
+        self.mix = inputs.mix  # the input mix, whose weights the reports show
+        self.dropout = nn.Dropout(dropout)
+        dim, self.token_ff, self.bilstm = inputs.dim, None, None
+        if encoder == "pool" and token_dim:
+            self.token_ff = nn.Sequential(nn.Linear(dim, token_dim), nn.ReLU())
+            dim = token_dim
+        if encoder == "bilstm":
+            self.bilstm = nn.LSTM(dim, bilstm_dim, batch_first=True, bidirectional=True)
+            dim = 2 * bilstm_dim
+        self.output = _OutputElmo(output_mix, elmo_dropout)
+        dim += elmo_dim if output_mix is not None else 0
+        pooled = dim * (2 if pooling == "mean_max" else 1)
+        # the features differ in scale between words, layers, mean and max; normalising the pooled
+        # vector lets one learning rate suit every variant
+        self.mlp = nn.Sequential(nn.LayerNorm(pooled), nn.Linear(pooled, hidden), nn.ReLU(), nn.Dropout(dropout),
+                                 nn.Linear(hidden, n_classes))
+
+    def forward(self, ids: torch.Tensor, layers: torch.Tensor | None, mask: torch.Tensor) -> torch.Tensor:
+        x = self.dropout(self.inputs(ids, layers, mask))
+        if self.token_ff is not None:
+            x = self.token_ff(x)
+        if self.bilstm is not None:
+            x = _bilstm(x, mask, self.bilstm)
+        return self.mlp(masked_pool(self.output(x, layers, mask), mask, self.pooling))
+
+
+class Tagger(nn.Module):
+    """One tag per token: inputs -> BiLSTM -> [output ELMo] -> tag scores (-> CRF)."""
+
+    def __init__(self, inputs: TokenInputs, n_tags: int, bilstm_dim: int = 128, dropout: float = 0.3,
+                 crf: bool = False, output_mix: nn.Module | None = None, elmo_dim: int = 0, elmo_dropout: float = 0.0):
+        super().__init__()
+        self.inputs, self.mix = inputs, inputs.mix
+        self.dropout = nn.Dropout(dropout)
+        self.bilstm = nn.LSTM(inputs.dim, bilstm_dim, batch_first=True, bidirectional=True)
+        self.output = _OutputElmo(output_mix, elmo_dropout)
+        self.scores = nn.Linear(2 * bilstm_dim + (elmo_dim if output_mix is not None else 0), n_tags)
+        self.crf = LinearChainCRF(n_tags) if crf else None
+
+    def forward(self, ids: torch.Tensor, layers: torch.Tensor | None, mask: torch.Tensor) -> torch.Tensor:
+        h = _bilstm(self.dropout(self.inputs(ids, layers, mask)), mask, self.bilstm)
+        return self.scores(self.dropout(self.output(h, layers, mask)))
+
+    def loss(self, emissions: torch.Tensor, tags: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """The summed loss over the batch's sentences (CRF) or tokens (per-token cross-entropy)."""
+        if self.crf is not None:
+            return self.crf.nll(emissions, tags, mask).sum()
+        return nn.functional.cross_entropy(emissions[mask], tags[mask], reduction="sum")
+
+    def decode(self, emissions: torch.Tensor, mask: torch.Tensor) -> list[list[int]]:
+        if self.crf is not None:
+            return self.crf.decode(emissions, mask)
+        best = emissions.argmax(-1).cpu()
+        return [best[b, : int(n)].tolist() for b, n in enumerate(mask.sum(1).cpu())]
