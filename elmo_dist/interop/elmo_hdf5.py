@@ -118,25 +118,33 @@ def read_weights(h: _Hdf5, m: ModelConfig) -> dict[str, torch.Tensor]:
     return {k: torch.from_numpy(np.ascontiguousarray(v, dtype=np.float32)) for k, v in sd.items()}
 
 
+def read_official(options_path: str | Path, weights_path: str | Path) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
+    """The ModelConfig and state-dict entries (all but the softmax) of an options.json + weights.hdf5."""
+    options_path = Path(options_path)
+    try:
+        options = json.loads(options_path.read_text())
+    except FileNotFoundError:
+        raise DataError(f"{options_path}: file not found") from None
+    except IsADirectoryError:
+        raise DataError(f"{options_path}: a directory, not an options.json") from None
+    except ValueError as e:
+        raise DataError(f"{options_path}: not valid JSON ({e})") from None
+    m = model_config(options, str(options_path))
+    h = _Hdf5(Path(weights_path))
+    with h.f:
+        return m, read_weights(h, m)
+
+
 def import_elmo(options_path: str | Path, weights_path: str | Path, out: str | Path,
                 vocab_path: str | Path | None = None, softmax_path: str | Path | None = None) -> dict:
     options_path, out = Path(options_path), Path(out)
     refuse_overwrite([out / name for name in EXPORT_FILES], [options_path, weights_path, vocab_path, softmax_path],
                      "import-elmo")
     writable_dir(out, "OUT_DIR")
-    try:
-        options = json.loads(options_path.read_text())
-    except FileNotFoundError:
-        raise DataError(f"{options_path}: file not found") from None
-    except ValueError as e:
-        raise DataError(f"{options_path}: not valid JSON ({e})") from None
-    m = model_config(options, str(options_path))
     if softmax_path and not vocab_path:
         raise DataError("--softmax needs --vocab: the softmax rows are the vocabulary's words")
     vocab = Vocabulary.load(vocab_path) if vocab_path else Vocabulary(list(SPECIALS))
-    h = _Hdf5(Path(weights_path))
-    with h.f:
-        sd = read_weights(h, m)
+    m, sd = read_official(options_path, weights_path)
     model = build_bilm(m, len(vocab))
     if softmax_path:
         s = _Hdf5(Path(softmax_path))

@@ -73,7 +73,14 @@ class BiLM(nn.Module):
 
     def layers(self, chars, token_ids, index, lengths=None) -> list[torch.Tensor]:
         """The L+1 ELMo layers for sentences: [emb; emb], then each LSTM layer as fwd || bwd, [B, T, 2*dim]."""
-        x, fwd, bwd, _ = self.encode(chars, token_ids, index, index, None, lengths)
+        return self.layers_of_tokens(self.token_encoder(chars, token_ids)[index], lengths)
+
+    def layers_of_tokens(self, x: torch.Tensor, lengths=None) -> list[torch.Tensor]:
+        """`layers` from the token vectors in place, x [B, T, dim] (the token encoder's output, or a
+        cache of it); both LSTM stacks start from the zero state."""
+        fwd, _ = self.forward_lstm(x)
+        bwd, _ = self.backward_lstm(reverse_padded(x, lengths))
+        bwd = [reverse_padded(h, lengths) for h in bwd]
         return [torch.cat([x, x], dim=-1)] + [torch.cat([f, b], dim=-1) for f, b in zip(fwd, bwd)]
 
 

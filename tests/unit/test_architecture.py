@@ -26,6 +26,7 @@ LAYERS = [
     ["runs"],
     ["runtime"],
     ["embedder", "train", "interop"],
+    ["elmo"],
     ["classify"],
     ["commands"],
     ["launch"],
@@ -77,6 +78,8 @@ def test_no_import_goes_against_the_order_of_layers():
     wrong = []
     for path in sources():
         mine = part_of(module_name(path))
+        if mine == "":  # the package root re-exports from above every layer, lazily (the test below)
+            continue
         for target, line in imports(path):
             if not target.startswith("elmo_dist"):
                 continue
@@ -128,9 +131,26 @@ def test_the_model_is_plain_pytorch_and_only_launch_knows_slurm():
 
 def test_the_embedding_api_does_not_import_the_training_stack():
     code = ("import sys, elmo_dist.embedder, elmo_dist.runs\n"
+            "from elmo_dist import Elmo, batch_to_ids\n"
             "print(','.join(m for m in ('accelerate', 'deepspeed', 'submitit') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
-    assert out.stdout.strip() == "", f"importing elmo_dist.embedder pulled in {out.stdout.strip()}"
+    assert out.stdout.strip() == "", f"importing elmo_dist.embedder or Elmo pulled in {out.stdout.strip()}"
+
+
+def test_the_package_root_exports_lazily():
+    """`from elmo_dist import Elmo, batch_to_ids` works, but the root imports its parts only inside a
+    function (its module `__getattr__`): `import elmo_dist`, which every part and the CLI's first
+    instant go through, loads neither torch nor any part."""
+    root = PACKAGE / "__init__.py"
+    top = [node.lineno for node in ast.parse(root.read_text()).body if isinstance(node, (ast.Import, ast.ImportFrom))]
+    assert top == [], f"elmo_dist/__init__.py imports at module level, lines {top}"
+    code = ("import sys, elmo_dist\n"
+            "print(sorted(m for m in sys.modules if m == 'torch' or m.startswith('elmo_dist.')))\n"
+            "from elmo_dist import Elmo, batch_to_ids\n"
+            "import elmo_dist.elmo\n"
+            "print(Elmo is elmo_dist.elmo.Elmo and batch_to_ids is elmo_dist.elmo.batch_to_ids)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
+    assert out.stdout.split() == ["[]", "True"], out.stdout
 
 
 def test_the_layer_checker_catches_an_upward_import(tmp_path, monkeypatch):
