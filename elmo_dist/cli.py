@@ -86,6 +86,11 @@ def _add_run_parsers(sub) -> None:
     m.add_argument("input", help="text file, one sentence per line (tokenized like the pretraining corpus)")
     m.add_argument("output", help="HDF5 file to write")
     m.add_argument("--weights", help="comma-separated layer weights for a single mixed layer, e.g. 0.33,0.33,0.34")
+    m.add_argument("--pool", choices=["none", "mean"], default="none",
+                   help="mean: one vector per sentence, the mean over its tokens ([L+1, dim], or [dim] "
+                        "with --weights)")
+    m.add_argument("--dtype", choices=["float32", "float16"], default="float32",
+                   help="float16 halves the file (values rounded to 11 significant bits)")
     m.add_argument("--batch-size", type=int, default=32)
     m.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     m.add_argument("--no-sentence-boundaries", dest="sentence_boundaries", action="store_false",
@@ -262,10 +267,12 @@ def cmd_embed(args) -> int:
             weights = [float(w) for w in args.weights.split(",")]
         except ValueError:
             raise UserError(f"--weights '{args.weights}' is not a comma-separated list of numbers") from None
+    pool = None if args.pool == "none" else args.pool
     res = commands.embed(args.run, args.input, args.output, weights, args.batch_size, args.device,
-                         args.sentence_boundaries)
-    print(f"embedded {res['sentences']:,} sentences ({res['skipped_empty']} empty lines skipped), "
-          f"{res['layers']} layers x {res['dim']} dims -> {res['out']}")
+                         args.sentence_boundaries, pool, args.dtype)
+    what = "one mean vector per sentence, " if pool else ""
+    print(f"embedded {res['sentences']:,} sentences ({res['skipped_empty']} empty lines skipped), {what}"
+          f"{res['layers']} layers x {res['dim']} dims, {res['dtype']} -> {res['out']}")
     return 0
 
 

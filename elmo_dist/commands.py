@@ -47,11 +47,13 @@ def finetune(cfg) -> dict:
 
 
 def embed(run: str | Path, text: str | Path, out: str | Path, weights: list[float] | None = None,
-          batch_size: int = 32, device: str = "auto", sentence_boundaries: bool = True) -> dict:
-    """`elmo-dist embed`: every line's layers to HDF5 (elmo_dist.embedder.embed_file)."""
+          batch_size: int = 32, device: str = "auto", sentence_boundaries: bool = True,
+          pool: str | None = None, dtype: str = "float32") -> dict:
+    """`elmo-dist embed`: every line's layers (or their mean, `pool="mean"`) to HDF5
+    (elmo_dist.embedder.embed_file)."""
     from elmo_dist.embedder import embed_file
 
-    return embed_file(run, text, out, weights, batch_size, device, sentence_boundaries)
+    return embed_file(run, text, out, weights, batch_size, device, sentence_boundaries, pool, dtype)
 
 
 def export(run: str | Path, out: str | Path | None = None) -> dict:

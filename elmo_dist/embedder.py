@@ -96,8 +96,16 @@ class Embedder:
 
     @torch.no_grad()
     def embed_sentences(self, sentences: list[list[str]], batch_size: int = 32,
-                        weights: list[float] | None = None) -> list[np.ndarray]:
-        """Per sentence, all layers [L+1, n, D], or their weighted sum [n, D] when `weights` is given."""
+                        weights: list[float] | None = None, pool: str | None = None,
+                        dtype=np.float32) -> list[np.ndarray]:
+        """Per sentence, all layers [L+1, n, D], or their weighted sum [n, D] when `weights` is given.
+
+        `pool="mean"`: one vector per sentence instead, the mean over its n tokens ([L+1, D], or [D]
+        with `weights`), summed in float64 so that it is the exact mean of the float32 vectors to
+        one float32 rounding. `dtype`: the arrays' type, float32 or float16 (half the bytes; the
+        float32 values rounded to nearest, 11 significant bits)."""
+        if pool not in (None, "mean"):
+            raise DataError(f"pool {pool!r}: expected 'mean' or none")
         out = []
         for i in range(0, len(sentences), batch_size):
             chunk = sentences[i : i + batch_size]
@@ -106,25 +114,32 @@ class Embedder:
                 w = torch.tensor(weights, dtype=layers.dtype, device=layers.device)
                 layers = torch.einsum("l,bltd->btd", w, layers)
             arr = layers.float().cpu().numpy()
-            out.extend(arr[b, ..., : len(s), :] for b, s in enumerate(chunk))
+            for b, s in enumerate(chunk):
+                x = arr[b, ..., : len(s), :]
+                if pool == "mean":
+                    x = x.astype(np.float64).mean(axis=-2).astype(np.float32)
+                out.append(x.astype(dtype, copy=False))
         return out
 
 
 def embed_file(run: str | Path, text_file: str | Path, out_file: str | Path, weights: list[float] | None = None,
-               batch_size: int = 32, device: str = "auto", sentence_boundaries: bool = True) -> dict:
+               batch_size: int = 32, device: str = "auto", sentence_boundaries: bool = True,
+               pool: str | None = None, dtype: str = "float32") -> dict:
     """Write ELMo layers for each line of `text_file` to HDF5, in `allennlp elmo`'s layout.
 
     Dataset "<line number>" (0-based) holds [L+1, n_tokens, D] (or [n_tokens, D] with `weights`);
+    with `pool="mean"` one vector per line instead, [L+1, D] (or [D]); `dtype` float32 (the
+    default) or float16, half the size (see Embedder.embed_sentences);
     "sentence_to_index" is a JSON string mapping each line to its key. Lines end at "\\n" only (a
     "\\r" before it is dropped), so a form feed or U+2028 inside a line does not shift later keys;
     empty or whitespace-only lines are skipped and counted, so their keys are missing. Byte-order
     marks are dropped (and counted as "byte_order_marks_dropped").
 
     Before any work: the output's folder must exist and be writable, the output must not be a
-    directory or any file the command reads, and the disk must hold the whole file (float32:
-    4 bytes x layers x dim per token, plus HDF5's own bookkeeping). The file is written under a
-    temporary name and renamed at the end: a file at `out_file` is always complete, and a failure
-    (a disk that fills up anyway) leaves nothing behind.
+    directory or any file the command reads, and the disk must hold the whole file (4 bytes, or 2
+    in float16, x layers x dim per token, or per line when pooled, plus HDF5's own bookkeeping).
+    The file is written under a temporary name and renamed at the end: a file at `out_file` is
+    always complete, and a failure (a disk that fills up anyway) leaves nothing behind.
     """
     from tqdm import tqdm
 
@@ -137,24 +152,30 @@ def embed_file(run: str | Path, text_file: str | Path, out_file: str | Path, wei
     check_new_file(out_file, "the output file")
     if weights is not None and len(weights) != elmo.n_layers:
         raise DataError(f"--weights: {len(weights)} values given for {elmo.n_layers} layers")
+    if dtype not in ("float32", "float16"):
+        raise DataError(f"--dtype {dtype}: expected float32 or float16")
     text = TextLines(text_file)  # keys are line numbers as editors count them, not splitlines()'s
     lines = list(text)
     items = [(i, line, elmo.tokenize(line)) for i, line in enumerate(lines) if line.strip()]
-    per_token = 4 * elmo.dim * (1 if weights is not None else elmo.n_layers)
-    needed = sum(per_token * len(t) + HDF5_BYTES_PER_DATASET + len(line) + 16 for _, line, t in items)
+    per_vector = np.dtype(dtype).itemsize * elmo.dim * (1 if weights is not None else elmo.n_layers)
+    needed = sum(per_vector * (1 if pool else len(t)) + HDF5_BYTES_PER_DATASET + len(line) + 16
+                 for _, line, t in items)
     with atomic_hdf5(out_file, needed, "the embeddings") as h5:
         f = h5.file
         for start in tqdm(range(0, len(items), batch_size), desc="embed", unit="batch", disable=None):
             chunk = items[start : start + batch_size]
-            for (i, _, _), arr in zip(chunk, elmo.embed_sentences([t for _, _, t in chunk], batch_size, weights)):
-                f.create_dataset(str(i), data=arr.astype(np.float32))
+            vectors = elmo.embed_sentences([t for _, _, t in chunk], batch_size, weights, pool, np.dtype(dtype))
+            for (i, _, _), arr in zip(chunk, vectors):
+                f.create_dataset(str(i), data=arr)
             if h5.failed:  # the disk filled up after all: nothing more would land
                 break
         f.create_dataset("sentence_to_index", data=json.dumps({line: str(i) for i, line, _ in items}))
         f.attrs["layers"] = elmo.n_layers
         f.attrs["dim"] = elmo.dim
+        f.attrs["pool"] = pool or "none"
+        f.attrs["dtype"] = dtype
     res = {"sentences": len(items), "skipped_empty": len(lines) - len(items), "layers": elmo.n_layers,
-           "dim": elmo.dim, "out": str(out_file)}
+           "dim": elmo.dim, "pool": pool or "none", "dtype": dtype, "out": str(out_file)}
     if text.boms:
         res["byte_order_marks_dropped"] = text.boms
     return res
