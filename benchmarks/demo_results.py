@@ -13,6 +13,7 @@ import json
 from pathlib import Path
 
 from benchmarks.common import emit, machine
+from benchmarks.finetune_results import score
 
 
 def main(argv=None) -> dict:
@@ -30,10 +31,7 @@ def main(argv=None) -> dict:
            "n_train": ft["n_train"], "n_test": ft["n_test"]}, "seconds": args.seconds, "note": args.note,
            "machine": machine()}
     rows = [("held-out perplexity", f"{pre['val_ppl']:.2f} (unigram {pre['unigram_ppl']:.2f})")]
-    for row in ft["table"]:
-        acc = row.get("accuracy")
-        rows.append((row["variant"], "-" if acc is None else f"{acc:.4f}" + (
-            f" ± {row['accuracy_std']:.4f}" if "accuracy_std" in row else "")))
+    rows.extend((row["variant"], score(row, "accuracy")) for row in ft["table"])
     if args.seconds:
         rows.append(("make demo", f"{args.seconds / 60:.1f} min"))
     emit(res, args.out, rows)

@@ -16,6 +16,13 @@ from pathlib import Path
 from benchmarks.common import emit, machine
 
 
+def score(row: dict, key: str) -> str:
+    """A comparison-table row's figure `key` as the docs quote it: '0.9409 ± 0.0024', or '-' if missing."""
+    if row.get(key) is None:
+        return "-"
+    return f"{row[key]:.4f}" + (f" ± {row[key + '_std']:.4f}" if f"{key}_std" in row else "")
+
+
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("run_dir", help="the fine-tuning run directory")
@@ -31,9 +38,7 @@ def main(argv=None) -> dict:
     rows = []
     for row in summary["table"]:  # entity F1 where the tags name entities, else (token) accuracy
         key = "f1" if row.get("f1") is not None else "accuracy"
-        value = "-" if row.get(key) is None else f"{row[key]:.4f}" + (
-            f" ± {row[key + '_std']:.4f}" if f"{key}_std" in row else "")
-        rows.append((row["variant"], f"{key} {value}"))
+        rows.append((row["variant"], f"{key} {score(row, key)}"))
     if args.seconds:
         rows.append(("wall time", f"{args.seconds / 60:.1f} min"))
     emit(res, args.out, rows)

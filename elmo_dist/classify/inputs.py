@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -126,13 +127,9 @@ def tagging_data(cfg, sets: dict) -> TaskData:
     sets have them: Brown's `dt$` occurs once, outside the training files): the tagger has a score
     for it but never learns to predict it, so its tokens count as errors, and a warning says so."""
     w = cfg.words
-    names = sorted({t for tags in sets["train"].tags for t in tags})
-    unseen: dict[str, int] = {}
-    for s in ("valid", "test"):
-        for tags in sets[s].tags:
-            for t in tags:
-                if t not in names:
-                    unseen[t] = unseen.get(t, 0) + 1
+    trained = {t for tags in sets["train"].tags for t in tags}
+    names = sorted(trained)
+    unseen = Counter(t for s in ("valid", "test") for tags in sets[s].tags for t in tags if t not in trained)
     if unseen:
         log.warning("%d tag(s) of the valid/test sentences never occur in the training sentences (%s): the "
                     "tagger cannot predict them and their %d token(s) count as errors",

@@ -127,10 +127,10 @@ class VariantRun:
         so a batch pads little (documents range from tens to thousands of tokens) and its units are
         still random. Every process draws the same batches."""
         order = torch.randperm(n, generator=self.generator).tolist()
-        lengths, bs = self.data.ids["train"], self.cfg.train.batch_size
+        ids, bs = self.data.ids["train"], self.cfg.train.batch_size
         batches = []
         for start in range(0, n, bs * BUCKET_BATCHES):
-            bucket = sorted(order[start : start + bs * BUCKET_BATCHES], key=lambda i: len(lengths[i]))
+            bucket = sorted(order[start : start + bs * BUCKET_BATCHES], key=lambda i: len(ids[i]))
             batches.extend(bucket[k : k + bs] for k in range(0, len(bucket), bs))
         for j in torch.randperm(len(batches), generator=self.generator).tolist():
             yield batches[j]
