@@ -71,9 +71,18 @@ def load_bilm(options_file: str | Path, weight_file: str | Path | None) -> BiLM:
                             "export or import directory; with an options.json, pass the weights.hdf5 too")
         saved = open_run(options_file)
         try:
-            if saved.config.model.encoder != "char_cnn":
-                raise CheckpointError(f"{saved.path}: model.encoder is {saved.config.model.encoder}; Elmo takes "
+            m = saved.config.model
+            if m.encoder != "char_cnn":
+                raise CheckpointError(f"{saved.path}: model.encoder is {m.encoder}; Elmo takes "
                                       "char ids, which only a char_cnn biLM reads (use elmo_dist.embedder.Embedder)")
+            if m.char_vocab_size:
+                raise CheckpointError(f"{saved.path}: model.char_vocab_size is {m.char_vocab_size}: this biLM reads "
+                                      "its own char dictionary (an ELMoForManyLangs import), and Elmo takes "
+                                      "batch_to_ids' UTF-8 byte ids (use elmo_dist.embedder.Embedder)")
+            if m.char_cnn_word_dim:
+                raise CheckpointError(f"{saved.path}: model.char_cnn_word_dim is {m.char_cnn_word_dim}: this biLM "
+                                      "also reads word ids, and Elmo takes char ids only "
+                                      "(use elmo_dist.embedder.Embedder)")
             model = saved.build_model("cpu", model_cfg=replace(saved.config.model, dropout=0.0))
         finally:
             if saved.pinned:

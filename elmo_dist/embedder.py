@@ -6,7 +6,9 @@
     vecs[0].shape        # (L+1, 4, 2*projection_dim): the token layer, then each LSTM layer fwd||bwd
 
 `tokenize(text)` applies the tokenizer the pretraining corpus was prepared with, so raw text is
-split the way the biLM saw it.
+split the way the biLM saw it. A model that reads a char dictionary (an ELMoForManyLangs import,
+elmo_dist.data.char_dict) gets its ids from it, and looks each word up by the part its char ids hold
+(max_chars_per_token - 2 characters), as ELMoForManyLangs cuts a word before both lookups.
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ import torch
 
 from elmo_dist.config import PretrainConfig
 from elmo_dist.data.batching import trim_chars
+from elmo_dist.data.char_dict import PAD, CharDictionary
 from elmo_dist.data.char_ids import BOS_TOKEN, EOS_TOKEN, char_id_table
 from elmo_dist.data.tokenize import build_tokenizer
 from elmo_dist.data.vocab import Vocabulary
@@ -32,12 +35,17 @@ class Embedder:
     `sentence_boundaries` (the default, as bilm-tf and AllenNLP do it): every sentence is read as
     `<S> w1 .. wn </S>`, the way the biLM saw sentences in pretraining, and the two marker positions
     are dropped from the output. False feeds the bare tokens (the LSTM layers then differ: their
-    state at w1 has not seen `<S>`).
+    state at w1 has not seen `<S>`). `chars`: the char dictionary of a model that reads one
+    (model.char_vocab_size > 0; `from_run` finds it beside the weights), None for byte ids.
     """
 
     def __init__(self, model, vocab: Vocabulary, cfg: PretrainConfig, device: str = "cpu",
-                 corpus_options: dict | None = None, sentence_boundaries: bool = True):
-        self.model, self.vocab, self.cfg = model.to(device).eval(), vocab, cfg
+                 corpus_options: dict | None = None, sentence_boundaries: bool = True,
+                 chars: CharDictionary | None = None):
+        want, have = cfg.model.char_vocab_size, 0 if chars is None else len(chars)
+        if have != want:  # a model reads a char dictionary (of its size) or byte ids, never the other
+            raise DataError(f"model.char_vocab_size is {want}, but the char dictionary given has {have} entries")
+        self.model, self.vocab, self.cfg, self.chars = model.to(device).eval(), vocab, cfg, chars
         self.device = torch.device(device)
         self.sentence_boundaries = sentence_boundaries
         opts = corpus_options or {}
@@ -58,7 +66,7 @@ class Embedder:
         saved = open_run(path)
         vocab = saved.vocab()
         elmo = cls(saved.build_model(device, len(vocab)), vocab, saved.config, device, saved.corpus_options(),
-                   sentence_boundaries)
+                   sentence_boundaries, saved.char_dictionary())
         elmo.home, elmo.saved_from = saved.home, saved.source_files()
         return elmo
 
@@ -74,10 +82,15 @@ class Embedder:
         index = np.zeros((len(sentences), max(lengths, default=0) or 1), dtype=np.int64)
         for b, s in enumerate(sentences):
             index[b, : len(s)] = [row[w] for w in s]
-        chars = trim_chars(char_id_table(words or ["<S>"], self.cfg.model.max_chars_per_token))
+        words, max_chars = words or ["<S>"], self.cfg.model.max_chars_per_token
+        if self.chars is None:
+            chars, lookup = trim_chars(char_id_table(words, max_chars)), words
+        else:
+            chars = trim_chars(self.chars.table(words, max_chars), PAD)
+            lookup = [CharDictionary.cut(w, max_chars) for w in words]
         dev = self.device
         return {"chars": torch.from_numpy(chars).to(dev),
-                "token_ids": torch.tensor(self.vocab.encode(words or ["<S>"]), device=dev),
+                "token_ids": torch.tensor(self.vocab.encode(lookup), device=dev),
                 "index": torch.from_numpy(index).to(dev),
                 "lengths": torch.tensor(lengths, device=dev)}
 

@@ -13,8 +13,9 @@ Every layout elmo-dist writes is accepted wherever a command takes a run:
 - checkpoint `RUN/checkpoints/step-N/` (`pretrain`): `model.safetensors`, `trainer_state.json`,
   `config.yaml`, `COMPLETE`;
 - export `DIR/` (`export`): `model.safetensors`, `config.yaml`, `vocab.txt`, `corpus.json`, `export.json`;
-- import `DIR/` (`import-elmo`): the export layout, with `"format": "elmo-hdf5"` in `export.json`
-  and whether a softmax came along.
+- import `DIR/` (`import-elmo`): the export layout, with `"format": "elmo-hdf5"` (or
+  `"elmoformanylangs"`, whose import adds the char dictionary `chars.json`) in `export.json` and
+  whether a softmax came along.
 
 A checkpoint counts only when its `COMPLETE` marker lists every file with the right sha256
 (elmo_dist.runtime.checkpoint writes it last); a damaged newest one gives way to the one before it.
@@ -37,6 +38,7 @@ import torch
 from safetensors.torch import load_file
 
 from elmo_dist.config import ModelConfig, PretrainConfig, load
+from elmo_dist.data.char_dict import CHARS_FILE, CharDictionary
 from elmo_dist.data.vocab import Vocabulary
 from elmo_dist.errors import CheckpointError, ConfigError
 from elmo_dist.model import BiLM, build_bilm
@@ -46,7 +48,9 @@ EXPORT_META = "export.json"
 WEIGHTS = "model.safetensors"
 STEP_DIR = re.compile(r"^step-(\d+)$")
 # what an export or import directory holds (elmo_dist.runtime.checkpoint.write_export)
-EXPORT_FILES = (WEIGHTS, f".{WEIGHTS}.tmp", "config.yaml", "vocab.txt", "vocab.counts.npy", "corpus.json", EXPORT_META)
+EXPORT_FILES = (WEIGHTS, f".{WEIGHTS}.tmp", "config.yaml", "vocab.txt", "vocab.counts.npy", "corpus.json", CHARS_FILE,
+                EXPORT_META)
+IMPORT_FORMATS = ("elmo-hdf5", "elmoformanylangs")  # export.json's "format" of an import-elmo directory
 
 
 def _sha256_of(f) -> str:
@@ -261,6 +265,21 @@ class SavedRun:
     def vocab(self) -> Vocabulary:
         return Vocabulary.load(self.home / "vocab.txt")
 
+    def char_dictionary(self) -> CharDictionary | None:
+        """The char dictionary of a model that reads one (model.char_vocab_size > 0), else None;
+        CheckpointError if `chars.json` is missing or of another size than the char table."""
+        size = self.config.model.char_vocab_size
+        if not size:
+            return None
+        path = self.home / CHARS_FILE
+        if not path.is_file():
+            raise CheckpointError(f"{path}: missing; model.char_vocab_size is {size}, so the model reads a char "
+                                  "dictionary that must lie beside its weights")
+        chars = CharDictionary.load(path)
+        if len(chars) != size:
+            raise CheckpointError(f"{path}: {len(chars):,} entries, but model.char_vocab_size is {size:,}")
+        return chars
+
     def corpus_options(self) -> dict:
         """How the pretraining text was tokenized: {'tokenizer': ..., 'lowercase': ...} ({} if unknown)."""
         f = self.home / "corpus.json"
@@ -306,7 +325,7 @@ def open_run(path: str | Path) -> SavedRun:
     found = pinned.path
     if is_export(found):
         meta = _json(pinned, EXPORT_META)
-        kind = "import" if meta.get("format") == "elmo-hdf5" else "export"
+        kind = "import" if meta.get("format") in IMPORT_FORMATS else "export"
         home, step, softmax = found, int(meta.get("step", 0)), meta.get("softmax", True) is not False
     else:
         kind, home, softmax = "checkpoint", found.parent.parent, True

@@ -31,6 +31,7 @@ from elmo_dist.config.pretrain import (
     TrainConfig,
     arch_diff,
     parse_signal,
+    require_byte_chars,
 )
 from elmo_dist.config.slurm import SlurmConfig, extra_parameters, tasks_per_node
 
@@ -38,5 +39,5 @@ __all__ = [
     "ARCH_KEYS", "FLAVOURS", "FULL_FILTERS", "SMALL_FILTERS", "VARIANTS", "CheckpointConfig", "DataConfig",
     "DistConfig", "FinetuneConfig", "LoggingConfig", "ModelConfig", "OptimConfig", "PretrainConfig", "SlurmConfig",
     "TrainConfig", "arch_diff", "extra_parameters", "from_tree", "load", "merge_trees", "parse_signal",
-    "save_config", "single_variant", "tasks_per_node", "to_container", "to_yaml", "valid_keys",
+    "require_byte_chars", "save_config", "single_variant", "tasks_per_node", "to_container", "to_yaml", "valid_keys",
 ]

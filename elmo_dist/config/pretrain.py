@@ -36,10 +36,19 @@ class ModelConfig:
     """Char CNN filters as [width, count] pairs."""
     max_chars_per_token: int = 50
     """Characters per token, as ELMo's 50: <bow> + at most 48 UTF-8 bytes + <eow> (at least 3)."""
+    char_vocab_size: int = 0
+    """0: a token's char ids are ELMo's 261 UTF-8 byte ids. N > 0: ids from a char dictionary of N
+    entries over Unicode characters, `chars.json` beside the weights (elmo_dist.data.char_dict), as an
+    ELMoForManyLangs import has; embed, finetune, export and the Embedder read such a model, pretrain,
+    evaluate, export-elmo and Elmo refuse it (they take byte ids)."""
     n_highway: int = 0
     """Highway layers after the char CNN (0 = none)."""
     word_embed_dim: int = 128
     """Embedding width of the `word` encoder (ignored by char_cnn)."""
+    char_cnn_word_dim: int = 0
+    """char_cnn only: width of a word embedding (one row per vocabulary word; others read `<UNK>`'s)
+    put before the highway output, [word; chars], ahead of the projection, as ELMoForManyLangs models
+    have it; 0 = none, as in ELMo."""
     lstm_dim: int = 256
     """LSTM cells per layer and direction."""
     projection_dim: int = 64
@@ -231,8 +240,9 @@ FLAVOURS: dict[str, dict[str, Any]] = {
 }
 
 # fields that fix the shape of the weights: changing one on resume is refused
-ARCH_KEYS = ("encoder", "char_embed_dim", "filters", "max_chars_per_token", "n_highway",
-             "word_embed_dim", "lstm_dim", "projection_dim", "n_layers", "softmax", "adaptive_cutoffs")
+ARCH_KEYS = ("encoder", "char_embed_dim", "filters", "max_chars_per_token", "char_vocab_size", "n_highway",
+             "word_embed_dim", "char_cnn_word_dim", "lstm_dim", "projection_dim", "n_layers", "softmax",
+             "adaptive_cutoffs")
 
 
 _require = base.require
@@ -252,6 +262,8 @@ def _validate(cfg: PretrainConfig) -> None:
         _require(getattr(m, key) > 0, f"model.{key}", f"must be positive, got {getattr(m, key)}")
     _require(m.max_chars_per_token >= 3, "model.max_chars_per_token", "must be at least 3")
     _require(m.n_highway >= 0, "model.n_highway", "must be >= 0")
+    for key in ("char_vocab_size", "char_cnn_word_dim"):
+        _require(getattr(m, key) >= 0, f"model.{key}", f"must be >= 0, got {getattr(m, key)}")
     _require(0 <= m.dropout < 1, "model.dropout", f"must be in [0, 1), got {m.dropout}")
     for key in ("cell_clip", "proj_clip"):
         v = getattr(m, key)
@@ -281,6 +293,14 @@ def _validate(cfg: PretrainConfig) -> None:
              "needs dist.zero_stage 1, 2 or 3")
     _require(dist.offload_params == "none" or dist.zero_stage == 3, "dist.offload_params", "needs dist.zero_stage 3")
     validate_slurm(cfg.slurm)
+
+
+def require_byte_chars(m: ModelConfig, command: str) -> None:
+    """ConfigError for a char-dictionary model (model.char_vocab_size > 0) where `command` reads the
+    prepared corpus's or AllenNLP's UTF-8 byte char ids."""
+    _require(m.char_vocab_size == 0, "model.char_vocab_size",
+             f"is {m.char_vocab_size}: this model reads a char dictionary (an ELMoForManyLangs import), and "
+             f"{command} gives it UTF-8 byte char ids; embed, finetune and the Embedder read it")
 
 
 def parse_signal(name: str) -> signal.Signals:

@@ -71,9 +71,10 @@ def make_batch(corpus: PreparedCorpus, stream, fwd_starts: np.ndarray, bwd_start
     }
 
 
-def trim_chars(chars: np.ndarray) -> np.ndarray:
-    """Drop the all-padding char columns but one; the char CNN restores what its filters need."""
-    longest = int((chars != PAD_CHAR).sum(axis=1).max()) if len(chars) else 0
+def trim_chars(chars: np.ndarray, pad: int = PAD_CHAR) -> np.ndarray:
+    """Drop the all-padding char columns but one; the char CNN restores what its filters need.
+    `pad`: the padding id (a char dictionary's, elmo_dist.data.char_dict, is another)."""
+    longest = int((chars != pad).sum(axis=1).max()) if len(chars) else 0
     return np.ascontiguousarray(chars[:, : min(chars.shape[1], longest + 1)])
 
 

@@ -171,6 +171,12 @@ def export_elmo(run: str | Path, out: str | Path) -> dict:
     m = saved.config.model
     if m.encoder != "char_cnn":
         raise CheckpointError(f"{saved.path}: model.encoder is {m.encoder}; the ELMo format holds char-CNN models only")
+    if m.char_vocab_size:
+        raise CheckpointError(f"{saved.path}: model.char_vocab_size is {m.char_vocab_size}: the model reads a char "
+                              "dictionary, and the ELMo format has UTF-8 byte ids only (`elmo-dist export` keeps it)")
+    if m.char_cnn_word_dim:
+        raise CheckpointError(f"{saved.path}: model.char_cnn_word_dim is {m.char_cnn_word_dim}: the ELMo format has "
+                              "no word embedding beside the char CNN (`elmo-dist export` keeps it)")
     sd = {k: v.float().numpy() for k, v in saved.weights().items()}
     out = Path(out)
     names = ("weights.hdf5", "weights.hdf5.tmp", "options.json", "softmax.hdf5", "softmax.hdf5.tmp", "vocab.txt")

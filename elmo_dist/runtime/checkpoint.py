@@ -35,6 +35,7 @@ import torch
 from safetensors.torch import save_file
 
 from elmo_dist.config import PretrainConfig, save_config
+from elmo_dist.data.char_dict import CHARS_FILE, CharDictionary
 from elmo_dist.data.vocab import Vocabulary
 from elmo_dist.errors import DiskFull
 from elmo_dist.files import disk_full, free_bytes, human, looks_full, remove
@@ -241,11 +242,11 @@ def write_rank_files(tmp: Path, rank: int, rng: dict, lstm: list) -> None:
 
 
 def write_export(out: Path, weights: dict, cfg: PretrainConfig, meta: dict, home: Path | None = None,
-                 vocab: Vocabulary | None = None) -> Path:
-    """Write the export layout (elmo_dist.runs): weights, config, the vocabulary and tokenizer record
-    (copied from a run's `home`, or `vocab` saved), then `export.json` last, since its presence makes
-    the directory an export that other commands accept. A full disk is one DiskFull line, and the
-    weights' temporary file is removed."""
+                 vocab: Vocabulary | None = None, chars: CharDictionary | None = None) -> Path:
+    """Write the export layout (elmo_dist.runs): weights, config, the vocabulary, char dictionary and
+    tokenizer record (copied from a run's `home`, or `vocab` and `chars` saved), then `export.json`
+    last, since its presence makes the directory an export that other commands accept. A full disk
+    is one DiskFull line, and the weights' temporary file is removed."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / EXPORT_META).unlink(missing_ok=True)  # incomplete until rewritten below
@@ -254,12 +255,14 @@ def write_export(out: Path, weights: dict, cfg: PretrainConfig, meta: dict, home
         write_weights(out, weights, name=tmp.name)
         tmp.replace(out / WEIGHTS)
         save_config(cfg, out / "config.yaml")
-        for name in ("vocab.txt", "vocab.counts.npy", "corpus.json"):
+        for name in ("vocab.txt", "vocab.counts.npy", "corpus.json", CHARS_FILE):
             src = home / name if home is not None else None
             if src is not None and src.is_file() and src.resolve() != (out / name).resolve():
                 shutil.copyfile(src, out / name)
         if vocab is not None:
             vocab.save(out / "vocab.txt")
+        if chars is not None:
+            chars.save(out / CHARS_FILE)
         (out / EXPORT_META).write_text(json.dumps(meta, indent=1))
     except Exception as e:
         remove(tmp, out / EXPORT_META)

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from elmo_dist.config import ARCH_KEYS, PretrainConfig, load, save_config
+from elmo_dist.config import ARCH_KEYS, PretrainConfig, load, require_byte_chars, save_config
 from elmo_dist.data.batching import eval_batches, eval_length
 from elmo_dist.data.corpus import PreparedCorpus
 from elmo_dist.data.vocab import BOS_ID, EOS_ID
@@ -127,6 +127,7 @@ def evaluate_checkpoint(path: str, overrides: list[str], out: str | None = None)
     ./eval/<run>/<step-N> instead, and the summary's "warnings" say so.
     """
     saved = open_run(path)
+    require_byte_chars(saved.config.model, "evaluate")  # the prepared corpus holds byte char ids only
     if not saved.has_softmax:
         raise CheckpointError(f"{saved.path}: imported without a softmax, so it has no perplexity; import with "
                               "--vocab and --softmax, or train one: elmo-dist pretrain CONFIG train.init_from="

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from elmo_dist.config import PretrainConfig, save_config, to_yaml
+from elmo_dist.config import PretrainConfig, require_byte_chars, save_config, to_yaml
 from elmo_dist.data.batching import WindowBatcher
 from elmo_dist.data.corpus import PreparedCorpus
 from elmo_dist.errors import DataError, OutputError, TrainingDiverged
@@ -401,6 +401,7 @@ def pretrain(cfg: PretrainConfig, stopper: StopRequest, stop_at_step: int = 0) -
     already reached train.max_steps is not touched: its saved summary comes back, with
     "already_finished" set (a larger train.max_steps extends it instead).
     """
+    require_byte_chars(cfg.model, "pretrain")  # the prepared corpus holds byte char ids only
     done = finished_summary(cfg)
     if done is not None:  # run again as it was: nothing to do, and nothing in the run directory changes
         return {**done, "already_finished": True}, int(os.environ.get("RANK", "0")) == 0
