@@ -8,6 +8,7 @@
     elmo-dist export runs/debug --out models/debug
     elmo-dist submit pretrain|finetune|pipeline CONFIG [key=value ...] [--slurm.key=value ...]
     elmo-dist import-elmo options.json weights.hdf5 OUT_DIR [--vocab V --softmax S]
+    elmo-dist import-elmo ELMOFORMANYLANGS_DIR OUT_DIR
     elmo-dist export-elmo RUN_DIR OUT_DIR
 
 A mistake a user can fix (a missing file, a bad key, a broken checkpoint) prints one line,
@@ -130,12 +131,16 @@ class _Parser(argparse.ArgumentParser):
 
 def _add_interop(sub) -> None:
     i = sub.add_parser("import-elmo",
-                       help="convert official ELMo weights (options.json + weights.hdf5) into a run-like directory",
+                       help="convert official ELMo weights (options.json + weights.hdf5) or an ELMoForManyLangs "
+                            "model directory into a run-like directory",
+                       usage="elmo-dist import-elmo {options.json weights.hdf5 OUT [--vocab V --softmax S] | DIR OUT}",
                        description="Convert bilm-tf / AllenNLP weight files into a directory that embed, finetune "
-                                   "and evaluate take like a run, and that pretrain can start from (train.init_from).")
-    i.add_argument("options", help="options.json")
-    i.add_argument("weights", help="weights.hdf5")
-    i.add_argument("out", help="output directory")
+                                   "and evaluate take like a run, and that pretrain can start from (train.init_from); "
+                                   "given two paths, an ELMoForManyLangs model directory into one that embed and "
+                                   "finetune take.")
+    i.add_argument("options", help="options.json, or an ELMoForManyLangs model directory")
+    i.add_argument("weights", help="weights.hdf5 (after options.json), or OUT (after a model directory)")
+    i.add_argument("out", nargs="?", help="output directory (after options.json weights.hdf5)")
     i.add_argument("--vocab", help="vocabulary file (<S>, </S>, <UNK>, then words), needed with --softmax")
     i.add_argument("--softmax", help="softmax.hdf5 as written by export-elmo (softmax/W, softmax/b)")
     e = sub.add_parser("export-elmo", help="write a run in the official ELMo format (options.json + weights.hdf5)",
@@ -279,9 +284,15 @@ def cmd_embed(args) -> int:
 def cmd_import_elmo(args) -> int:
     from elmo_dist import commands
 
-    res = commands.import_elmo(args.options, args.weights, args.out, args.vocab, args.softmax)
+    if args.out is None and (args.vocab or args.softmax):
+        raise UserError("--vocab and --softmax go with options.json weights.hdf5 OUT; an ELMoForManyLangs model "
+                        "directory brings its word.dic and has no softmax")
+    res = (commands.import_manylangs(args.options, args.weights) if args.out is None  # DIR OUT
+           else commands.import_elmo(args.options, args.weights, args.out, args.vocab, args.softmax))
+    for warning in res.get("warnings", []):
+        print(f"elmo-dist: warning: {warning}", file=sys.stderr)
     softmax = (f"softmax over {res['vocab']:,} words" if res["softmax"]
-               else "no softmax (train one with train.init_from)")
+               else f"{res['vocab']:,} words, no softmax (train one with train.init_from)")
     print(f"imported {res['parameters']:,} parameters, {softmax} -> {res['out']}")
     return 0
 

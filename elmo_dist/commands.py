@@ -71,6 +71,13 @@ def import_elmo(options: str | Path, weights: str | Path, out: str | Path, vocab
     return run(options, weights, out, vocab, softmax)
 
 
+def import_manylangs(model_dir: str | Path, out: str | Path) -> dict:
+    """`elmo-dist import-elmo DIR OUT`: an ELMoForManyLangs model directory into a run-like directory."""
+    from elmo_dist.interop.manylangs import import_manylangs as run
+
+    return run(model_dir, out)
+
+
 def export_elmo(run: str | Path, out: str | Path) -> dict:
     """`elmo-dist export-elmo`: a run in the official ELMo format."""
     from elmo_dist.interop.elmo_hdf5 import export_elmo as run_export
