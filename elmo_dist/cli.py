@@ -51,6 +51,10 @@ def _add_prepare(sub) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the held-out line selection")
 
 
+def _counts(text: str) -> list[int]:
+    return [int(n) for n in text.split(",")]
+
+
 def _add_run_parsers(sub) -> None:
     p = sub.add_parser("pretrain", help="pretrain the biLM (resumes automatically from RUN_DIR)",
                        description="Pretrain the ELMo biLM. Running the same command again resumes from the newest "
@@ -62,6 +66,13 @@ def _add_run_parsers(sub) -> None:
     p.add_argument("--requeue", action="store_true",
                    help="inside a Slurm batch job (slurm/pretrain.sh): after an early stop (preemption warning, "
                         "time limit) requeue the job, which resumes from the checkpoint (up to slurm.max_requeues)")
+    p.add_argument("--estimate", action="store_true",
+                   help="print the time to train.max_steps, per epoch and for N processes, measured on the "
+                        "configured device (a few steps, one evaluation, one checkpoint), then exit; writes nothing")
+    p.add_argument("--estimate-steps", type=int, metavar="N", help="--estimate: steps timed after 3 discarded (20)")
+    p.add_argument("--processes", type=_counts, metavar="N[,N...]", help="--estimate: also for N processes (8)")
+    p.add_argument("--efficiency", type=float, help="--estimate: assumed data-parallel efficiency (0.9)")
+    p.add_argument("--json", action="store_true", help="--estimate: print the estimate as JSON")
     e = sub.add_parser("evaluate", help="held-out perplexity of a run or checkpoint",
                        description="Exact full-softmax held-out perplexity (fwd, bwd, mean) and the unigram baseline.")
     e.add_argument("checkpoint", help="a run directory (its newest checkpoint) or a checkpoints/step-N directory")
@@ -199,6 +210,8 @@ def cmd_pretrain(args) -> int:
     from elmo_dist.config import PretrainConfig, load
 
     cfg = load(PretrainConfig, args.config, args.overrides)  # before importing torch: a config error comes at once
+    if args.estimate or args.json or any(v is not None for v in (args.estimate_steps, args.processes, args.efficiency)):
+        return _estimate(cfg, args)
     from elmo_dist.runtime.stop import StopReason, StopRequest, under_elastic_agent
 
     stopper = args.stopper.configure(cfg.train.stop_signals, cfg.train.deadline_margin_s)
@@ -232,6 +245,20 @@ def cmd_pretrain(args) -> int:
     speed = f"{summary['tokens_per_s']:,.0f} tokens/s" if summary["tokens_per_s"] is not None else "no steps to run"
     print(f"steps {summary['steps']}, {speed}; run directory {cfg.train.run_dir} "
           f"(tensorboard --logdir {cfg.train.run_dir})")
+    return 0
+
+
+def _estimate(cfg, args) -> int:
+    from elmo_dist import commands
+    from elmo_dist.train.estimate import describe
+
+    if not args.estimate or args.stop_at_step or args.requeue:
+        raise UserError("--json, --estimate-steps, --processes and --efficiency go with --estimate, which trains "
+                        "nothing to stop or requeue (no --stop-at-step, no --requeue)")
+    given = {k: v for k, v in (("steps", args.estimate_steps), ("processes", args.processes),
+                               ("efficiency", args.efficiency)) if v is not None}
+    res = commands.estimate(cfg, args.stopper.configure(cfg.train.stop_signals, 0.0), **given)
+    print(json.dumps(res, indent=1) if args.json else "\n".join(describe(res)))
     return 0
 
 

@@ -32,6 +32,20 @@ def pretrain(cfg, stopper=None, stop_at_step: int = 0) -> tuple[dict, bool]:
     return run(cfg, stopper, stop_at_step)
 
 
+def estimate(cfg, stopper=None, steps: int = 20, processes: list[int] = (8,), efficiency: float = 0.9,
+             started: float | None = None) -> dict:
+    """`elmo-dist pretrain --estimate`: the measured time of the run `cfg` describes, in seconds, on one
+    process and scaled to `processes` (elmo_dist.train.estimate). Writes nothing. From Python, pass
+    `started=time.perf_counter()` taken where the work began; the default counts from the process's
+    start, as a fresh `elmo-dist pretrain` pays it."""
+    from elmo_dist.runtime.stop import stop_request
+    from elmo_dist.train.estimate import estimate as run
+
+    if stopper is None:
+        stopper = stop_request(cfg.train.stop_signals)
+    return run(cfg, stopper, steps, list(processes), efficiency, started)
+
+
 def evaluate(path: str | Path, overrides: list[str] = (), out: str | Path | None = None) -> dict:
     """`elmo-dist evaluate`: the held-out perplexities of a run, checkpoint, export or import."""
     from elmo_dist.train.evaluate import evaluate_checkpoint

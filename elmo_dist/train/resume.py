@@ -5,6 +5,7 @@ checkpoint fits the command that wants to resume it.
     same_layout = check_layout(path, state, cfg, n)  # ZeRO layout, or CheckpointError; False = fresh LSTM state
     good = set_aside_unusable(checkpointer, corpus, cfg)  # after a divergence: the newest usable checkpoint
     done = finished_summary(cfg)                     # the summary of a run already at train.max_steps, or None
+    check_run_dir(cfg)                               # train.run_dir is not data.dir, or OutputError
 
 Each refusal is one line naming the checkpoint and what to do instead.
 """
@@ -20,11 +21,19 @@ from elmo_dist.config import PretrainConfig, arch_diff, load
 from elmo_dist.data.batching import eval_batches
 from elmo_dist.data.corpus import PreparedCorpus
 from elmo_dist.data.vocab import Vocabulary
-from elmo_dist.errors import CheckpointError
+from elmo_dist.errors import CheckpointError, OutputError
+from elmo_dist.files import same_file
 from elmo_dist.runs import open_run
 from elmo_dist.runtime.checkpoint import Checkpointer
 from elmo_dist.runtime.logs import log
 from elmo_dist.train.evaluate import to_device
+
+
+def check_run_dir(cfg: PretrainConfig) -> None:
+    """OutputError if train.run_dir is data.dir: the run's files would replace the corpus's."""
+    if same_file(cfg.train.run_dir, cfg.data.dir):
+        raise OutputError(f"{Path(cfg.train.run_dir)}: train.run_dir is data.dir; the run's vocab.txt and summary.json "
+                          "would replace the prepared corpus's. Choose another train.run_dir")
 
 
 def finished_summary(cfg: PretrainConfig) -> dict | None:

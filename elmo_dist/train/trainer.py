@@ -20,8 +20,7 @@ import torch
 from elmo_dist.config import PretrainConfig, require_byte_chars, save_config, to_yaml
 from elmo_dist.data.batching import WindowBatcher
 from elmo_dist.data.corpus import PreparedCorpus
-from elmo_dist.errors import DataError, OutputError, TrainingDiverged
-from elmo_dist.files import same_file
+from elmo_dist.errors import DataError, TrainingDiverged
 from elmo_dist.model import build_bilm
 from elmo_dist.runs import resolve_device
 from elmo_dist.runtime import checkpoint as ckpt
@@ -35,7 +34,7 @@ from elmo_dist.runtime.stop import StopReason, StopRequest
 from elmo_dist.train.evaluate import evaluate_bilm, perplexity, to_device, unigram_ppl
 from elmo_dist.train.guard import NonFiniteGuard, Verdict, nan_unless_finite
 from elmo_dist.train.optim import build_optimizer
-from elmo_dist.train.resume import check_fits, check_layout, finished_summary, set_aside_unusable
+from elmo_dist.train.resume import check_fits, check_layout, check_run_dir, finished_summary, set_aside_unusable
 from elmo_dist.train.warm_start import warm_start
 
 
@@ -60,9 +59,7 @@ class Trainer:
                                                    dist.gradient_accumulation_steps, deepspeed=zero)
         setup_logging(acc.is_main_process)
         self.run_dir = Path(cfg.train.run_dir)
-        if same_file(self.run_dir, cfg.data.dir):
-            raise OutputError(f"{self.run_dir}: train.run_dir is data.dir; the run's vocab.txt and summary.json would "
-                              "replace the prepared corpus's. Choose another train.run_dir")
+        check_run_dir(cfg)
         self.lock = RunDirLock(self.run_dir)
         own_run_dir(self.lock, acc.is_main_process, self._broadcast)
         self.checkpointer = ckpt.Checkpointer(self.run_dir, cfg.checkpoint.keep_last, acc.is_main_process,
@@ -335,7 +332,7 @@ class Trainer:
                  acc.num_processes, acc.device, sum(p.numel() for p in self.model.parameters()) / 1e6)
         start_step, t0 = self.step, time.perf_counter()
         # signals that arrive mid-step are recorded and acted on at the step boundary, saves included
-        res = self._loop(stop, stopper)
+        res = self.run_steps(stop, stopper)
         train_seconds = time.perf_counter() - t0
         if self.step >= cfg.train.max_steps:
             res = self.evaluate()
@@ -348,9 +345,9 @@ class Trainer:
                     self.step, self.guard.streak, latest)
         return latest
 
-    def _loop(self, stop: int, stopper: StopRequest) -> dict | None:
+    def run_steps(self, stop: int, stopper: StopRequest) -> dict | None:
         """Steps until `stop` or a stop request, with logging, evaluation and checkpoints on the way;
-        the last evaluation's result."""
+        the last evaluation's result. The training loop (`--estimate` times it too)."""
         cfg, res = self.cfg, None
         bar = progress_bar(cfg.logging.progress, self.accelerator.is_main_process, cfg.train.max_steps, self.step)
         window, t_window = [], time.perf_counter()
