@@ -30,11 +30,23 @@ from elmo_dist.errors import LaunchError, UserError
 
 def _add_prepare(sub) -> None:
     p = sub.add_parser("prepare", help="build the vocabulary, token shards and held-out split from text",
-                       description="Stream text files (globs and .gz welcome; one sentence or document per line) "
-                                   "into a vocabulary, memory-mappable token-id shards, a held-out split "
-                                   "and a manifest.")
-    p.add_argument("inputs", nargs="+", help="text files or globs (quote globs)")
+                       description="Stream corpora (text with one sentence or document per line, JSONL or Parquet "
+                                   "with one document per record; .gz and .zst welcome; globs too) into a "
+                                   "vocabulary, memory-mappable token-id shards, a held-out split and a manifest.")
+    _prepare_arguments(p)
+
+
+def _prepare_arguments(p) -> None:
+    """The options of `prepare`, which `submit prepare` takes too."""
+    p.add_argument("inputs", nargs="+", help="text (.txt, any name), .jsonl/.ndjson or .parquet files, or globs "
+                                             "(quote globs)")
     p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--text-field", default="text",
+                   help="JSONL and Parquet: the field holding a record's text, dotted for a nested one "
+                        "(default text)")
+    p.add_argument("--workers", type=int, default=0,
+                   help="processes that read and write in parallel (default 0: the cores this process may use); "
+                        "the output is the same for every number")
     p.add_argument("--tokenizer", choices=["whitespace", "moses"], default="whitespace",
                    help="whitespace: text is already tokenized (1B Word style); "
                         "moses: raw text, sacremoses' Moses tokenizer")
@@ -164,21 +176,28 @@ def cmd_prepare(args) -> int:
     opts = PrepareOptions(inputs=args.inputs, out=args.out, tokenizer=args.tokenizer, lowercase=args.lowercase,
                           min_count=args.min_count, max_size=args.max_size, heldout_fraction=args.heldout_fraction,
                           heldout_files=args.heldout, shard_tokens=args.shard_tokens, max_types=args.max_types,
-                          seed=args.seed)
+                          seed=args.seed, text_field=args.text_field, workers=args.workers)
     m = commands.prepare(opts)
-    tr, ho = m["splits"]["train"], m["splits"]["heldout"]
-    print(f"prepared {m['lines']:,} lines -> {tr['words']:,} train / {ho['words']:,} held-out words, "
-          f"vocab {m['vocab_size']:,}, OOV rate {tr['oov_words'] / max(tr['words'], 1):.2%}")
-    print(f"skipped {m['empty_lines_skipped']:,} empty lines and {m['long_lines_skipped']:,} lines over 1 MiB; "
-          f"{m['lines_with_bad_utf8']:,} lines had bad UTF-8 (replaced); "
-          f"{m['train_tokens_over_48_bytes']:,} training tokens truncated to 48 bytes for char ids")
+    _report_prepared(m)
     print(f"throughput: {m['tokens_per_s']:,.0f} tokens/s ({m['seconds']:.1f} s) -> {args.out}")
-    for warning in m["warnings"]:  # not fatal: the output is complete, and the manifest keeps them
-        print(f"elmo-dist: warning: {warning}", file=sys.stderr)
-    summary = {"tokens": tr["words"] + ho["words"], "tokens_per_s": m["tokens_per_s"], "seconds": m["seconds"],
+    words = m["splits"]["train"]["words"] + m["splits"]["heldout"]["words"]
+    summary = {"tokens": words, "tokens_per_s": m["tokens_per_s"], "seconds": m["seconds"],
                "vocab_size": m["vocab_size"], "out": args.out}
     (Path(args.out) / "summary.json").write_text(json.dumps(summary, indent=2))
     return 0
+
+
+def _report_prepared(m: dict) -> None:
+    tr, ho = m["splits"]["train"], m["splits"]["heldout"]
+    records = f" of {m['records']:,} records" if m.get("records") else ""
+    print(f"prepared {m['lines']:,} lines{records} -> {tr['words']:,} train / {ho['words']:,} held-out words, "
+          f"vocab {m['vocab_size']:,}, OOV rate {tr['oov_words'] / max(tr['words'], 1):.2%}")
+    bad = f"{m['bad_records_skipped']:,} bad records and " if m.get("bad_records_skipped") else ""
+    print(f"skipped {bad}{m['empty_lines_skipped']:,} empty lines and {m['long_lines_skipped']:,} lines over 1 MiB; "
+          f"{m['lines_with_bad_utf8']:,} lines had bad UTF-8 (replaced); "
+          f"{m['train_tokens_over_48_bytes']:,} training tokens truncated to 48 bytes for char ids")
+    for warning in m["warnings"]:  # not fatal: the output is complete, and the manifest keeps them
+        print(f"elmo-dist: warning: {warning}", file=sys.stderr)
 
 
 def _print_ppl(summary: dict) -> None:
