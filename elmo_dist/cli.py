@@ -7,6 +7,7 @@
     elmo-dist embed runs/debug sentences.txt out.hdf5
     elmo-dist export runs/debug --out models/debug
     elmo-dist submit pretrain|finetune|pipeline CONFIG [key=value ...] [--slurm.key=value ...]
+    elmo-dist submit prepare 'crawl/*.jsonl.zst' --out /shared/crawl [--slurm.key=value ...]
     elmo-dist import-elmo options.json weights.hdf5 OUT_DIR [--vocab V --softmax S]
     elmo-dist export-elmo RUN_DIR OUT_DIR
 
@@ -18,48 +19,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 import errno
-import json
 import os
 import sys
 import tempfile
-from pathlib import Path
 
-from elmo_dist import __version__
+from elmo_dist import __version__, cli_prepare
 from elmo_dist.errors import LaunchError, UserError
-
-
-def _add_prepare(sub) -> None:
-    p = sub.add_parser("prepare", help="build the vocabulary, token shards and held-out split from text",
-                       description="Stream corpora (text with one sentence or document per line, JSONL or Parquet "
-                                   "with one document per record; .gz and .zst welcome; globs too) into a "
-                                   "vocabulary, memory-mappable token-id shards, a held-out split and a manifest.")
-    _prepare_arguments(p)
-
-
-def _prepare_arguments(p) -> None:
-    """The options of `prepare`, which `submit prepare` takes too."""
-    p.add_argument("inputs", nargs="+", help="text (.txt, any name), .jsonl/.ndjson or .parquet files, or globs "
-                                             "(quote globs)")
-    p.add_argument("--out", required=True, help="output directory")
-    p.add_argument("--text-field", default="text",
-                   help="JSONL and Parquet: the field holding a record's text, dotted for a nested one "
-                        "(default text)")
-    p.add_argument("--workers", type=int, default=0,
-                   help="processes that read and write in parallel (default 0: the cores this process may use); "
-                        "the output is the same for every number")
-    p.add_argument("--tokenizer", choices=["whitespace", "moses"], default="whitespace",
-                   help="whitespace: text is already tokenized (1B Word style); "
-                        "moses: raw text, sacremoses' Moses tokenizer")
-    p.add_argument("--lowercase", action="store_true", help="lowercase before tokenizing")
-    p.add_argument("--min-count", type=int, default=1, help="keep words seen at least this often (default 1)")
-    p.add_argument("--max-size", type=int, default=0, help="cap the vocabulary, specials included (0 = no cap)")
-    p.add_argument("--heldout-fraction", type=float, default=0.01, help="fraction of lines held out (default 0.01)")
-    p.add_argument("--heldout", nargs="+", default=[], metavar="FILE",
-                   help="held-out text files; replaces --heldout-fraction")
-    p.add_argument("--shard-tokens", type=int, default=10_000_000, help="tokens per shard (default 10M)")
-    p.add_argument("--max-types", type=int, default=20_000_000,
-                   help="distinct words kept while counting; past it the rarest are pruned (bounded memory)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the held-out line selection")
 
 
 def _add_run_parsers(sub) -> None:
@@ -131,6 +96,7 @@ def _add_submit(sub) -> None:
                            help="fine-tuning config (default configs/finetune.yaml); bilm.path is set for you")
             k.add_argument("--ft", action="append", default=[], metavar="KEY=VALUE",
                            help="an override of the fine-tuning config (repeatable)")
+    cli_prepare.add_submit_prepare(kinds)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -162,42 +128,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"elmo-dist {__version__}")
     parser.add_argument("--debug", action="store_true", help="show Python tracebacks for errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    _add_prepare(sub)
+    cli_prepare.add_prepare(sub)
     _add_run_parsers(sub)
     _add_submit(sub)
     _add_interop(sub)
     return parser
-
-
-def cmd_prepare(args) -> int:
-    from elmo_dist import commands
-    from elmo_dist.data.prepare import PrepareOptions
-
-    opts = PrepareOptions(inputs=args.inputs, out=args.out, tokenizer=args.tokenizer, lowercase=args.lowercase,
-                          min_count=args.min_count, max_size=args.max_size, heldout_fraction=args.heldout_fraction,
-                          heldout_files=args.heldout, shard_tokens=args.shard_tokens, max_types=args.max_types,
-                          seed=args.seed, text_field=args.text_field, workers=args.workers)
-    m = commands.prepare(opts)
-    _report_prepared(m)
-    print(f"throughput: {m['tokens_per_s']:,.0f} tokens/s ({m['seconds']:.1f} s) -> {args.out}")
-    words = m["splits"]["train"]["words"] + m["splits"]["heldout"]["words"]
-    summary = {"tokens": words, "tokens_per_s": m["tokens_per_s"], "seconds": m["seconds"],
-               "vocab_size": m["vocab_size"], "out": args.out}
-    (Path(args.out) / "summary.json").write_text(json.dumps(summary, indent=2))
-    return 0
-
-
-def _report_prepared(m: dict) -> None:
-    tr, ho = m["splits"]["train"], m["splits"]["heldout"]
-    records = f" of {m['records']:,} records" if m.get("records") else ""
-    print(f"prepared {m['lines']:,} lines{records} -> {tr['words']:,} train / {ho['words']:,} held-out words, "
-          f"vocab {m['vocab_size']:,}, OOV rate {tr['oov_words'] / max(tr['words'], 1):.2%}")
-    bad = f"{m['bad_records_skipped']:,} bad records and " if m.get("bad_records_skipped") else ""
-    print(f"skipped {bad}{m['empty_lines_skipped']:,} empty lines and {m['long_lines_skipped']:,} lines over 1 MiB; "
-          f"{m['lines_with_bad_utf8']:,} lines had bad UTF-8 (replaced); "
-          f"{m['train_tokens_over_48_bytes']:,} training tokens truncated to 48 bytes for char ids")
-    for warning in m["warnings"]:  # not fatal: the output is complete, and the manifest keeps them
-        print(f"elmo-dist: warning: {warning}", file=sys.stderr)
 
 
 def _print_ppl(summary: dict) -> None:
@@ -323,7 +258,9 @@ def cmd_submit(args) -> int:
 
     with _own_stderr() as sbatch_said:  # submitit lets sbatch write to our stderr
         try:
-            if args.kind == "pretrain":
+            if args.kind == "prepare":
+                return cli_prepare.cmd_submit_prepare(args)
+            elif args.kind == "pretrain":
                 jobs = {"pretrain": submit.submit_pretrain(args.config, args.overrides)}
             elif args.kind == "finetune":
                 jobs = {"finetune": submit.submit_finetune(args.config, args.overrides, bilm_path=args.bilm)}
@@ -344,8 +281,8 @@ def cmd_submit(args) -> int:
     return 0
 
 
-COMMANDS = {"prepare": cmd_prepare, "pretrain": cmd_pretrain, "evaluate": cmd_evaluate, "finetune": cmd_finetune,
-            "export": cmd_export, "embed": cmd_embed, "submit": cmd_submit,
+COMMANDS = {"prepare": cli_prepare.cmd_prepare, "pretrain": cmd_pretrain, "evaluate": cmd_evaluate,
+            "finetune": cmd_finetune, "export": cmd_export, "embed": cmd_embed, "submit": cmd_submit,
             "import-elmo": cmd_import_elmo, "export-elmo": cmd_export_elmo}
 
 
@@ -383,6 +320,8 @@ def _slurm_flags(argv: list[str]) -> list[str]:
     """After `submit`, '--slurm.partition=gpu' is the config override 'slurm.partition=gpu'."""
     if "submit" not in argv:
         return argv
+    if argv[argv.index("submit") + 1:][:1] == ["prepare"]:  # its positionals are files: the flag stays a flag
+        return [x for a in argv for x in (("--slurm", a[2:]) if a.startswith("--slurm.") else (a,))]
     return [a[2:] if a.startswith("--slurm.") else a for a in argv]
 
 

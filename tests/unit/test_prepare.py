@@ -19,6 +19,8 @@ from elmo_dist.data.tokenize import build_tokenizer
 from elmo_dist.data.vocab import Vocabulary
 from elmo_dist.errors import DataError
 
+from conftest import run_cli
+
 SPECIAL_WORDS = ["<S>", "</S>", "<UNK>"]  # as literal words in the text, they mean the specials
 
 
@@ -205,3 +207,17 @@ def test_any_number_of_workers_writes_the_same_bytes(tmp_path, monkeypatch, max_
         assert _without_timing(outs[workers]) == _without_timing(m)
         many = _bytes(tmp_path / f"w{workers}")
         assert many.keys() == one.keys() and [k for k in one if one[k] != many[k]] == ["manifest.json"]
+
+
+def test_submit_prepare_in_process_writes_what_prepare_writes(tmp_path):
+    """`submit prepare` with slurm.cluster=debug runs its four stages here, one after another (the
+    real Slurm array is in tests/slurm): the same files, and the same report."""
+    paths = [str(_write_corpus(tmp_path / f"{n}.txt", 900, i)) for i, n in enumerate("abc")]
+    flags = ["--shard-tokens", "800", "--min-count", "2", "--heldout-fraction", "0.1"]
+    one = run_cli("prepare", *paths, "--out", str(tmp_path / "one"), "--workers", "1", *flags)
+    sub = run_cli("submit", "prepare", *paths, "--out", str(tmp_path / "sub"), *flags, "--parts", "2",
+                  "--slurm.cluster=debug", "--wait")
+    assert "prepare count    job" in sub.stdout and "(array of 2)" in sub.stdout
+    assert sub.stdout.splitlines()[-3:-1] == one.stdout.splitlines()[:2]  # "prepared ...", "skipped ..."
+    a, b = _bytes(tmp_path / "one"), _bytes(tmp_path / "sub")
+    assert [k for k in a if a[k] != b.get(k)] == ["manifest.json", "summary.json"]  # timings
