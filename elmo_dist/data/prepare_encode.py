@@ -19,10 +19,19 @@ from pathlib import Path
 
 import numpy as np
 
-from elmo_dist.data.prepare_work import FORMAT_VERSION, MANIFEST, SPLITS, Work, clear_scratch, load_work, save_json
+from elmo_dist.data.prepare_work import (
+    FORMAT_VERSION,
+    MANIFEST,
+    SPLITS,
+    Work,
+    clear_scratch,
+    load_work,
+    save_json,
+    scratch_vocab,
+)
 from elmo_dist.data.reader import Stats
 from elmo_dist.data.shards import write_shard, write_synced
-from elmo_dist.data.vocab import UNK_ID, Vocabulary
+from elmo_dist.data.vocab import UNK_ID
 
 # A training OOV rate above this gets a warning. Every OOV token is one <UNK> target to the softmax,
 # an easy one to predict, so a vocabulary that leaves much of the text out makes perplexity read
@@ -116,7 +125,7 @@ def finalize(work: Work) -> dict:
             res = json.loads((work.dir / f"shard-{s}-{i:05d}.json").read_text())
             shards[s].append(res["entry"])
             stats[s].oov_tokens += res["oov_tokens"]
-    vocab = Vocabulary.load(work.dir / "vocab.txt")
+    vocab = scratch_vocab(work.dir)
     vocab.counts[UNK_ID] = stats["train"].oov_tokens  # <UNK> stands for every training token outside it
     vocab.save(work.out / "vocab.txt")
     manifest = _manifest(work, merged, stats, shards, time.time() - work.started)

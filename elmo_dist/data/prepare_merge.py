@@ -28,7 +28,16 @@ from pathlib import Path
 import numpy as np
 
 from elmo_dist.data.prepare_count import result_path
-from elmo_dist.data.prepare_work import SPLITS, WORK, Pool, PrepareOptions, Work, load_work, save_json
+from elmo_dist.data.prepare_work import (
+    SPLITS,
+    WORK,
+    Pool,
+    PrepareOptions,
+    Work,
+    load_work,
+    save_json,
+    scratch_vocab,
+)
 from elmo_dist.data.reader import MAX_LINE_BYTES, Stats
 from elmo_dist.data.shards import ShardPlan, WordIds
 from elmo_dist.data.vocab import SPECIALS, Vocabulary
@@ -156,7 +165,7 @@ def table_segment(out: str | Path, name: str) -> None:
     key = (str(d), os.stat(d / "vocab.txt").st_mtime_ns)
     if key not in _VOCAB:
         _VOCAB.clear()
-        _VOCAB[key] = Vocabulary.load(d / "vocab.txt").index
+        _VOCAB[key] = scratch_vocab(d).index
     words = (d / f"{name}.words").read_text(encoding="utf-8").split("\n")
     table = np.fromiter(map(_VOCAB[key].get, words, repeat(-1)), dtype=np.int32, count=len(words))
     outside = np.flatnonzero(table < 0)

@@ -23,11 +23,13 @@ from dataclasses import asdict, dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
 
+import numpy as np
+
 from elmo_dist.data.compressed import packing
 from elmo_dist.data.formats import input_format, parquet_field
 from elmo_dist.data.reader import expand_inputs
 from elmo_dist.data.tokenize import TOKENIZERS
-from elmo_dist.data.vocab import SPECIALS
+from elmo_dist.data.vocab import SPECIALS, Vocabulary
 from elmo_dist.errors import DataError, LaunchError, OutputError
 from elmo_dist.files import inside, refuse_overwrite, writable_dir
 
@@ -130,6 +132,15 @@ def save_json(path: Path, obj) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(obj, indent=1))
     os.replace(tmp, path)
+
+
+def scratch_vocab(work_dir: Path) -> Vocabulary:
+    """The vocabulary the merge saved in the scratch directory. prepare wrote it, one word a line
+    (words hold no whitespace), so it is read without Vocabulary.load's checks of a user's file,
+    which take ten times as long on a vocabulary of 200k words."""
+    tokens = (work_dir / "vocab.txt").read_text(encoding="utf-8").split("\n")[:-1]
+    counts = work_dir / "vocab.counts.npy"
+    return Vocabulary(tokens, np.load(counts, allow_pickle=False) if counts.is_file() else None)
 
 
 def _tasks(path: Path, opts: PrepareOptions, heldout: bool) -> list[dict]:
