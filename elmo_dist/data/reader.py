@@ -247,12 +247,12 @@ def read_line_runs(path: Path, stats: Stats, start: int = 0, end: int | None = N
 
 
 class TextLines:
-    """The lines of a UTF-8 text file, without their line ends unless `keep_ends` (csv wants them);
-    iterate it once. Only "\\n" ends a line, and one "\\r" before it goes with it, so the n-th line
-    yielded is line n of the file whatever other line or page separators (form feed, U+0085,
-    U+2028) it holds. Every U+FEFF (byte-order mark) is dropped and counted in `boms`. Bad UTF-8,
-    NUL bytes, a line over `max_line_bytes`, a UTF-16/32 file and an unreadable file are a
-    `DataError` starting `path:line:` or `path:`.
+    """The lines of a UTF-8 text file (plain, gzip or zstd), without their line ends unless
+    `keep_ends` (csv wants them); iterate it once. Only "\\n" ends a line, and one "\\r" before it
+    goes with it, so the n-th line yielded is line n of the file whatever other line or page
+    separators (form feed, U+0085, U+2028) it holds. Every U+FEFF (byte-order mark) is dropped and
+    counted in `boms`. Bad UTF-8, NUL bytes, a line over `max_line_bytes`, a UTF-16/32 file and an
+    unreadable file are a `DataError` starting `path:line:` or `path:`.
 
     The file is read in 1 MiB blocks of whole lines, each decoded and split by one C-level call
     (a line at a time in Python is ten times slower on an 800k-word vocabulary); memory stays
@@ -269,11 +269,11 @@ class TextLines:
 
     def __iter__(self) -> Iterator[str]:
         try:
-            with open(self.path, "rb") as f:
+            with open_bytes(self.path) as f:  # gzip and zstd files decompressed (told by their first bytes)
                 yield from self._lines(f)
         except FileNotFoundError:
             raise DataError(f"{self.path}: file not found") from None
-        except OSError as e:
+        except READ_ERRORS as e:  # unreadable, or a truncated or corrupt gzip/zstd file
             raise DataError(f"{self.path}: cannot read ({e})") from None
 
     def _lines(self, f) -> Iterator[str]:
