@@ -7,6 +7,7 @@
     elmo-dist embed runs/debug sentences.txt out.hdf5
     elmo-dist export runs/debug --out models/debug
     elmo-dist submit pretrain|finetune|pipeline CONFIG [key=value ...] [--slurm.key=value ...]
+    elmo-dist submit prepare 'crawl/*.jsonl.zst' --out /shared/crawl [--slurm.key=value ...]
     elmo-dist import-elmo options.json weights.hdf5 OUT_DIR [--vocab V --softmax S]
     elmo-dist import-elmo ELMOFORMANYLANGS_DIR OUT_DIR
     elmo-dist export-elmo RUN_DIR OUT_DIR
@@ -23,32 +24,9 @@ import json
 import os
 import sys
 import tempfile
-from pathlib import Path
 
-from elmo_dist import __version__
+from elmo_dist import __version__, cli_prepare
 from elmo_dist.errors import LaunchError, UserError
-
-
-def _add_prepare(sub) -> None:
-    p = sub.add_parser("prepare", help="build the vocabulary, token shards and held-out split from text",
-                       description="Stream text files (globs and .gz welcome; one sentence or document per line) "
-                                   "into a vocabulary, memory-mappable token-id shards, a held-out split "
-                                   "and a manifest.")
-    p.add_argument("inputs", nargs="+", help="text files or globs (quote globs)")
-    p.add_argument("--out", required=True, help="output directory")
-    p.add_argument("--tokenizer", choices=["whitespace", "moses"], default="whitespace",
-                   help="whitespace: text is already tokenized (1B Word style); "
-                        "moses: raw text, sacremoses' Moses tokenizer")
-    p.add_argument("--lowercase", action="store_true", help="lowercase before tokenizing")
-    p.add_argument("--min-count", type=int, default=1, help="keep words seen at least this often (default 1)")
-    p.add_argument("--max-size", type=int, default=0, help="cap the vocabulary, specials included (0 = no cap)")
-    p.add_argument("--heldout-fraction", type=float, default=0.01, help="fraction of lines held out (default 0.01)")
-    p.add_argument("--heldout", nargs="+", default=[], metavar="FILE",
-                   help="held-out text files; replaces --heldout-fraction")
-    p.add_argument("--shard-tokens", type=int, default=10_000_000, help="tokens per shard (default 10M)")
-    p.add_argument("--max-types", type=int, default=20_000_000,
-                   help="distinct words kept while counting; past it the rarest are pruned (bounded memory)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the held-out line selection")
 
 
 def _counts(text: str) -> list[int]:
@@ -131,6 +109,7 @@ def _add_submit(sub) -> None:
                            help="fine-tuning config (default configs/finetune.yaml); bilm.path is set for you")
             k.add_argument("--ft", action="append", default=[], metavar="KEY=VALUE",
                            help="an override of the fine-tuning config (repeatable)")
+    cli_prepare.add_submit_prepare(kinds)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -166,35 +145,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"elmo-dist {__version__}")
     parser.add_argument("--debug", action="store_true", help="show Python tracebacks for errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    _add_prepare(sub)
+    cli_prepare.add_prepare(sub)
     _add_run_parsers(sub)
     _add_submit(sub)
     _add_interop(sub)
     return parser
-
-
-def cmd_prepare(args) -> int:
-    from elmo_dist import commands
-    from elmo_dist.data.prepare import PrepareOptions
-
-    opts = PrepareOptions(inputs=args.inputs, out=args.out, tokenizer=args.tokenizer, lowercase=args.lowercase,
-                          min_count=args.min_count, max_size=args.max_size, heldout_fraction=args.heldout_fraction,
-                          heldout_files=args.heldout, shard_tokens=args.shard_tokens, max_types=args.max_types,
-                          seed=args.seed)
-    m = commands.prepare(opts)
-    tr, ho = m["splits"]["train"], m["splits"]["heldout"]
-    print(f"prepared {m['lines']:,} lines -> {tr['words']:,} train / {ho['words']:,} held-out words, "
-          f"vocab {m['vocab_size']:,}, OOV rate {tr['oov_words'] / max(tr['words'], 1):.2%}")
-    print(f"skipped {m['empty_lines_skipped']:,} empty lines and {m['long_lines_skipped']:,} lines over 1 MiB; "
-          f"{m['lines_with_bad_utf8']:,} lines had bad UTF-8 (replaced); "
-          f"{m['train_tokens_over_48_bytes']:,} training tokens truncated to 48 bytes for char ids")
-    print(f"throughput: {m['tokens_per_s']:,.0f} tokens/s ({m['seconds']:.1f} s) -> {args.out}")
-    for warning in m["warnings"]:  # not fatal: the output is complete, and the manifest keeps them
-        print(f"elmo-dist: warning: {warning}", file=sys.stderr)
-    summary = {"tokens": tr["words"] + ho["words"], "tokens_per_s": m["tokens_per_s"], "seconds": m["seconds"],
-               "vocab_size": m["vocab_size"], "out": args.out}
-    (Path(args.out) / "summary.json").write_text(json.dumps(summary, indent=2))
-    return 0
 
 
 def _print_ppl(summary: dict) -> None:
@@ -342,7 +297,9 @@ def cmd_submit(args) -> int:
 
     with _own_stderr() as sbatch_said:  # submitit lets sbatch write to our stderr
         try:
-            if args.kind == "pretrain":
+            if args.kind == "prepare":
+                return cli_prepare.cmd_submit_prepare(args)
+            elif args.kind == "pretrain":
                 jobs = {"pretrain": submit.submit_pretrain(args.config, args.overrides)}
             elif args.kind == "finetune":
                 jobs = {"finetune": submit.submit_finetune(args.config, args.overrides, bilm_path=args.bilm)}
@@ -363,8 +320,8 @@ def cmd_submit(args) -> int:
     return 0
 
 
-COMMANDS = {"prepare": cmd_prepare, "pretrain": cmd_pretrain, "evaluate": cmd_evaluate, "finetune": cmd_finetune,
-            "export": cmd_export, "embed": cmd_embed, "submit": cmd_submit,
+COMMANDS = {"prepare": cli_prepare.cmd_prepare, "pretrain": cmd_pretrain, "evaluate": cmd_evaluate,
+            "finetune": cmd_finetune, "export": cmd_export, "embed": cmd_embed, "submit": cmd_submit,
             "import-elmo": cmd_import_elmo, "export-elmo": cmd_export_elmo}
 
 
@@ -402,6 +359,8 @@ def _slurm_flags(argv: list[str]) -> list[str]:
     """After `submit`, '--slurm.partition=gpu' is the config override 'slurm.partition=gpu'."""
     if "submit" not in argv:
         return argv
+    if argv[argv.index("submit") + 1:][:1] == ["prepare"]:  # its positionals are files: the flag stays a flag
+        return [x for a in argv for x in (("--slurm", a[2:]) if a.startswith("--slurm.") else (a,))]
     return [a[2:] if a.startswith("--slurm.") else a for a in argv]
 
 

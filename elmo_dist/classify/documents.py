@@ -16,6 +16,7 @@ Missing test/valid sets are split off the training set with scikit-learn's strat
 from __future__ import annotations
 
 import csv
+import io
 import json
 import re
 from collections import Counter
@@ -23,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
+from elmo_dist.data.compressed import READ_ERRORS, open_bytes
 from elmo_dist.data.reader import TextLines
 from elmo_dist.errors import DataError
 
@@ -70,7 +72,10 @@ def detect_format(path: str | Path) -> str:
     p = Path(path)
     if p.is_dir():
         return "folders"
-    ext = p.suffix.lower()
+    name = p.name.lower()
+    for packed in (".gz", ".zst", ".zstd"):  # read decompressed (TextLines): the name before them counts
+        name = name.removesuffix(packed)
+    ext = Path(name).suffix
     if ext in (".jsonl", ".json"):
         return "jsonl"
     if ext == ".tsv":
@@ -83,8 +88,12 @@ def detect_format(path: str | Path) -> str:
 
 def _looks_like_agnews(path: Path) -> bool:
     # sniffing only: bad bytes are reported, with their line, by the real read that follows
-    with open(path, encoding="utf-8-sig", errors="replace", newline="") as f:  # -sig: a BOM is no text
-        first = next(csv.reader(f), None)
+    try:
+        with open_bytes(path) as f:  # -sig: a BOM is no text; an AG News row is far shorter than 64 KiB
+            head = f.read(1 << 16).decode("utf-8-sig", errors="replace")
+    except READ_ERRORS:
+        return False  # the real read says what is wrong
+    first = next(csv.reader(io.StringIO(head, newline="")), None)
     if not first or len(first) != 3:
         return False
     try:

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from elmo_dist.data.char_ids import char_id_table
-from elmo_dist.data.prepare import FORMAT_VERSION, MANIFEST
+from elmo_dist.data.prepare_work import FORMAT_VERSION, MANIFEST
 from elmo_dist.data.vocab import SPECIALS, UNK_ID, Vocabulary
 from elmo_dist.errors import DataError
 

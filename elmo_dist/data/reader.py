@@ -1,4 +1,4 @@
-"""Reading raw text corpora in bounded memory: plain or gzipped files, one sentence per line.
+"""Reading raw text corpora in bounded memory: plain, gzip or zstd files, one sentence per line.
 
     stats = Stats()
     for run in read_line_runs(Path("corpus/news.txt.gz"), stats):
@@ -7,7 +7,9 @@
 Files are read in 2 MiB blocks and handed on as runs of whole lines, so that the work per line
 (decoding, splitting, tokenizing) can be done by one C-level call per run instead of one Python
 call per line. Over-long lines, bad UTF-8 and empty lines are counted, never fatal; a binary or
-corrupt file is a `DataError` naming it.
+corrupt file is a `DataError` naming it. `read_line_runs(path, stats, start, end)` reads the whole
+lines of bytes [start, end) of a plain file (`prepare --workers` reads big files in such ranges).
+Records (JSONL, Parquet) are read by elmo_dist.data.formats into the same runs.
 
 `TextLines` is the reader for every other text file (embed input, vocabulary, classifier data):
 
@@ -29,15 +31,15 @@ is about UTF-8 bytes; converting it once is cheap.
 from __future__ import annotations
 
 import glob
-import gzip
 import os
 import shlex
-import zlib
 from dataclasses import dataclass
+from functools import partial
 from itertools import chain
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
+from elmo_dist.data.compressed import READ_ERRORS, decompress_command, open_bytes, packing
 from elmo_dist.errors import DataError
 
 # one sentence (or document) per line: a line past this many UTF-8 bytes is a broken file or not
@@ -69,6 +71,16 @@ class Stats:
     sentences: int = 0
     oov_tokens: int = 0
     boms: int = 0
+    records: int = 0  # JSONL and Parquet inputs: their records, and those skipped (not JSON, no text)
+    bad_records: int = 0
+    first_bad: str = ""  # where the first skipped record is, and why
+
+    def add(self, other: "Stats") -> None:
+        """Add another part's counts to these (the first bad record stays the earliest one's)."""
+        for name, value in vars(other).items():
+            if name != "first_bad":
+                setattr(self, name, getattr(self, name) + value)
+        self.first_bad = self.first_bad or other.first_bad
 
 
 def expand_inputs(patterns: list[str]) -> list[Path]:
@@ -87,32 +99,27 @@ def expand_inputs(patterns: list[str]) -> list[Path]:
     return files
 
 
-def _open_bytes(path: Path):
-    with open(path, "rb") as f:
-        gz = f.read(2) == b"\x1f\x8b"
-    return gzip.open(path, "rb") if gz else open(path, "rb")
-
-
-def convert_command(path: Path, encoding: str, gz: bool = False) -> str:
-    """The shell command that writes a UTF-8 copy of `path` beside it (corpus.utf8.txt: the suffix,
-    which classification data is read by, stays last)."""
-    base = Path(path.name[:-3]) if gz and path.name.endswith(".gz") else Path(path.name)
+def convert_command(path: Path, encoding: str, packed: str | None = None) -> str:
+    """The shell command that writes a UTF-8 copy of `path` (compressed with `packed`, 'gzip' or
+    'zstd', or plain) beside it (corpus.utf8.txt: the suffix, which classification data is read
+    by, stays last)."""
+    unpack, base = decompress_command(path, packed)
     out, src = shlex.quote(str(path.with_name(f"{base.stem}.utf8{base.suffix}"))), shlex.quote(str(path))
-    return f"gzip -dc {src} | iconv -f {encoding} -t UTF-8 > {out}" if gz else \
+    return f"{unpack} {src} | iconv -f {encoding} -t UTF-8 > {out}" if unpack else \
         f"iconv -f {encoding} -t UTF-8 {src} > {out}"
 
 
-def refuse_wide_encoding(path: Path, head: bytes, gz: bool = False) -> None:
+def refuse_wide_encoding(path: Path, head: bytes, packed: str | None = None) -> None:
     """A `DataError` with the command that converts the file if `head` (its first bytes) starts with
     a UTF-16 or UTF-32 byte-order mark. iconv's "UTF-16"/"UTF-32" read the mark for the byte order."""
     for mark, name, family in _WIDE_BOMS:
         if head.startswith(mark):
             raise DataError(f"{path}: the file is {name} text (it starts with the byte-order mark "
                             f"{mark.hex(' ').upper()}), not UTF-8; convert it first: "
-                            f"`{convert_command(path, family, gz)}`")
+                            f"`{convert_command(path, family, packed)}`")
 
 
-def nul_error(path: Path, line: int, block: bytes, gz: bool = False) -> DataError:
+def nul_error(path: Path, line: int, block: bytes, packed: str | None = None) -> DataError:
     """The error for NUL bytes on `line`. Text in UTF-16 without a byte-order mark is full of them,
     one in every other byte (ASCII's high bytes), which `block` (a read block) shows."""
     sample = block[:4096]
@@ -121,40 +128,63 @@ def nul_error(path: Path, line: int, block: bytes, gz: bool = False) -> DataErro
         order = "LE" if odd > even else "BE"
         return DataError(f"{path}:{line}: contains NUL bytes in every other byte: this looks like UTF-16 "
                          f"{order} text without a byte-order mark, not UTF-8; convert it first: "
-                         f"`{convert_command(path, 'UTF-16' + order, gz)}`")
+                         f"`{convert_command(path, 'UTF-16' + order, packed)}`")
     return DataError(f"{path}:{line}: contains NUL bytes; this looks like a binary file, not text")
 
 
-def _without_long_lines(run: bytes, stats: Stats) -> bytes | None:
-    """`run` (whole lines, "\\n" between them) without those over MAX_LINE_BYTES, which are counted;
-    None if none is left. Whether there is one takes a few C-level searches per run, not one per
-    line: from a line's start, the last "\\n" within MAX_LINE_BYTES + 1 bytes ends a stretch of
+def _short_pieces(run: bytes, line_no: int, limit: int, stats: Stats) -> Iterator[tuple[int, bytes]]:
+    """(n, piece): `run` (whole lines, "\\n" between them, the first being line n + 1) without those
+    over `limit` bytes, which are counted. Whether there is one takes a few C-level searches per run,
+    not one per line: from a line's start, the last "\\n" within limit + 1 bytes ends a stretch of
     short lines, and the next line starts after it; finding none there means a long line."""
     start = 0
-    while len(run) - start > MAX_LINE_BYTES:
-        nl = run.rfind(b"\n", start, start + MAX_LINE_BYTES + 1)
+    while len(run) - start > limit:
+        nl = run.rfind(b"\n", start, start + limit + 1)
         if nl < 0:
             break
         start = nl + 1
     else:
-        return run
-    lines = run.split(b"\n")  # rare: a line over 1 MiB that ended inside this run
-    kept = [line for line in lines if len(line) <= MAX_LINE_BYTES]
-    stats.lines += len(lines) - len(kept)
-    stats.long_lines += len(lines) - len(kept)
-    return b"\n".join(kept) if kept else None
+        yield line_no, run
+        return
+    piece, first = [], line_no  # rare: a line over the limit ended inside this run
+    for i, line in enumerate(run.split(b"\n")):
+        if len(line) <= limit:
+            first = first if piece else line_no + i
+            piece.append(line)
+            continue
+        stats.lines += 1
+        stats.long_lines += 1
+        if piece:
+            yield first, b"\n".join(piece)
+            piece = []
+    if piece:
+        yield first, b"\n".join(piece)
 
 
-def _blocks(f, path: Path, stats: Stats) -> Iterator[bytes]:
-    """The file as runs of whole lines (no trailing newline), read 2 MiB at a time; lines over
-    MAX_LINE_BYTES are dropped and counted without ever being held whole."""
+def lines_before(path: Path, offset: int) -> int:
+    """How many lines of a plain file end before byte `offset` (for an error's line number)."""
+    n = 0
+    with open(path, "rb") as f:
+        while offset > 0 and (block := f.read(min(offset, _BLOCK))):
+            n, offset = n + block.count(b"\n"), offset - len(block)
+    return n
+
+
+def blocks(f, path: Path, stats: Stats, packed: str | None = None, limit: int = MAX_LINE_BYTES,
+           head: bool = True, before: Callable[[], int] = lambda: 0) -> Iterator[tuple[int, bytes]]:
+    """(n, run): the stream `f` as runs of whole lines (no trailing newline), read 2 MiB at a time,
+    n being the number of the stream's lines before the run's first. Lines over `limit` bytes are
+    dropped and counted without ever being held whole. `head`: `f` starts at the file's start (where
+    a UTF-16/32 byte-order mark is refused); `before()`: the file's lines before the stream, asked
+    only for an error's line number."""
     carry, skipping, line_no = b"", False, 0  # line_no: the lines read whole or skipped so far
     first = f.read(_BLOCK)
-    refuse_wide_encoding(path, first, isinstance(f, gzip.GzipFile))
+    if head:
+        refuse_wide_encoding(path, first, packed)
     for block in chain((first,), iter(lambda: f.read(_BLOCK), b"")):
         if b"\x00" in block:
             at = line_no + (carry + block[: block.index(b"\x00")]).count(b"\n") + 1
-            raise nul_error(path, at, block, isinstance(f, gzip.GzipFile))
+            raise nul_error(path, before() + at, block, packed)
         if skipping:  # the rest of an over-long line
             nl = block.find(b"\n")
             if nl < 0:
@@ -167,18 +197,17 @@ def _blocks(f, path: Path, stats: Stats) -> Iterator[bytes]:
             carry = data
         else:
             complete, carry = data[:cut], data[cut + 1:]
+            yield from _short_pieces(complete, line_no, limit, stats)
             line_no += complete.count(b"\n") + 1
-            if (complete := _without_long_lines(complete, stats)) is not None:
-                yield complete
-        if len(carry) > MAX_LINE_BYTES:
+        if len(carry) > limit:
             stats.lines += 1
             stats.long_lines += 1
             carry, skipping = b"", True
     if carry:
-        yield carry  # at most MAX_LINE_BYTES, checked above
+        yield line_no, carry  # at most `limit` bytes, checked above
 
 
-def _decoded(complete: bytes, stats: Stats) -> list[str]:
+def decoded(complete: bytes, stats: Stats) -> list[str]:
     """The lines of a run as str; bad UTF-8 replaced and counted, U+FEFF dropped and counted."""
     try:  # the common case: the whole run decodes at once
         text = complete.decode("utf-8")
@@ -197,30 +226,33 @@ def _decoded(complete: bytes, stats: Stats) -> list[str]:
     return text.split("\n")
 
 
-def read_line_runs(path: Path, stats: Stats) -> Iterator[list[str]]:
+def read_line_runs(path: Path, stats: Stats, start: int = 0, end: int | None = None) -> Iterator[list[str]]:
     """Decoded, stripped, non-empty lines, a run (about 2 MiB) at a time; bad UTF-8 is replaced and
     counted, empty and over-long (> 1 MiB of UTF-8) lines skipped and counted, byte-order marks
-    dropped and counted; a binary, UTF-16 or UTF-32 file is an error."""
+    dropped and counted; a binary, UTF-16 or UTF-32 file is an error. With `start`/`end`: the lines
+    of bytes [start, end) of a plain file, which must begin and end on line boundaries."""
     try:
-        with _open_bytes(path) as f:
-            for complete in _blocks(f, path, stats):
-                lines = _decoded(complete, stats)
+        packed = packing(path)
+        with open_bytes(path, start, end) as f:
+            before = partial(lines_before, path, start)
+            for _, complete in blocks(f, path, stats, packed, head=start == 0, before=before):
+                lines = decoded(complete, stats)
                 stats.lines += len(lines)
                 kept = [s for s in map(str.strip, lines) if s]
                 stats.empty_lines += len(lines) - len(kept)
                 if kept:
                     yield kept
-    except (OSError, EOFError, zlib.error) as e:  # truncated or corrupt gzip, unreadable file
+    except READ_ERRORS as e:  # truncated or corrupt gzip or zstd, unreadable file
         raise DataError(f"{path}: cannot read ({e})") from None
 
 
 class TextLines:
-    """The lines of a UTF-8 text file, without their line ends unless `keep_ends` (csv wants them);
-    iterate it once. Only "\\n" ends a line, and one "\\r" before it goes with it, so the n-th line
-    yielded is line n of the file whatever other line or page separators (form feed, U+0085,
-    U+2028) it holds. Every U+FEFF (byte-order mark) is dropped and counted in `boms`. Bad UTF-8,
-    NUL bytes, a line over `max_line_bytes`, a UTF-16/32 file and an unreadable file are a
-    `DataError` starting `path:line:` or `path:`.
+    """The lines of a UTF-8 text file (plain, gzip or zstd), without their line ends unless
+    `keep_ends` (csv wants them); iterate it once. Only "\\n" ends a line, and one "\\r" before it
+    goes with it, so the n-th line yielded is line n of the file whatever other line or page
+    separators (form feed, U+0085, U+2028) it holds. Every U+FEFF (byte-order mark) is dropped and
+    counted in `boms`. Bad UTF-8, NUL bytes, a line over `max_line_bytes`, a UTF-16/32 file and an
+    unreadable file are a `DataError` starting `path:line:` or `path:`.
 
     The file is read in 1 MiB blocks of whole lines, each decoded and split by one C-level call
     (a line at a time in Python is ten times slower on an 800k-word vocabulary); memory stays
@@ -237,11 +269,11 @@ class TextLines:
 
     def __iter__(self) -> Iterator[str]:
         try:
-            with open(self.path, "rb") as f:
+            with open_bytes(self.path) as f:  # gzip and zstd files decompressed (told by their first bytes)
                 yield from self._lines(f)
         except FileNotFoundError:
             raise DataError(f"{self.path}: file not found") from None
-        except OSError as e:
+        except READ_ERRORS as e:  # unreadable, or a truncated or corrupt gzip/zstd file
             raise DataError(f"{self.path}: cannot read ({e})") from None
 
     def _lines(self, f) -> Iterator[str]:

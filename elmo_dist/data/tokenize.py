@@ -51,12 +51,19 @@ def _moses():
     return Tokenizer(lang="en")
 
 
-def build_run_tokenizer(name: str, lowercase: bool = False) -> Callable[[list[str]], list[str]]:
-    """A function from a run of non-empty lines to the same lines tokenized: each line's words are
-    what `str.split()` gives on it, and lines left without words are dropped."""
+def build_run_tokenizer(name: str, lowercase: bool = False) -> Callable[[list[str]], tuple[list[str], list | None]]:
+    """A function from a run of non-empty lines to (the same lines tokenized, which were kept):
+    each line's words are what `str.split()` gives on it, and lines left without words are dropped;
+    `kept` is one bool a line of the run, or None when every line was kept."""
     if name == "whitespace":
         # already tokenized: the lines pass through and str.split() on them later is the tokenizer
         # (lowercasing never turns a non-space character into a space, so no line empties)
-        return (lambda lines: list(map(str.lower, lines))) if lowercase else (lambda lines: lines)
+        return (lambda lines: (list(map(str.lower, lines)), None)) if lowercase else (lambda lines: (lines, None))
     split = build_tokenizer(name, lowercase)
-    return lambda lines: [" ".join(words) for words in map(split, lines) if words]
+
+    def tokenize(lines: list[str]) -> tuple[list[str], list | None]:
+        words = list(map(split, lines))
+        out = [" ".join(w) for w in words if w]
+        return out, (None if len(out) == len(lines) else [bool(w) for w in words])
+
+    return tokenize

@@ -126,14 +126,14 @@ def submit_pretrain(config: str | None, overrides: list[str] = (), slurm_overrid
     """Queue a pretraining run; returns the submitit job (result() = the run's summary)."""
     from elmo_dist.config import PretrainConfig, load
 
-    cfg = load(PretrainConfig, config, list(overrides) + _slurm_keys(slurm_overrides))
+    cfg = load(PretrainConfig, config, list(overrides) + slurm_keys(slurm_overrides))
     tree = config_base.to_container(cfg)
     s = cfg.slurm
     executor = make_executor(s, _folder(s, cfg.train.run_dir), s.job_name, tasks_per_node(s), s.gpus_per_node)
     return executor.submit(PretrainJob(tree))
 
 
-def _slurm_keys(items: list[str]) -> list[str]:
+def slurm_keys(items: list[str]) -> list[str]:
     """'--slurm.partition=gpu', 'slurm.partition=gpu' and 'partition=gpu' all mean slurm.partition=gpu."""
     out = []
     for item in items:
@@ -156,7 +156,7 @@ def submit_finetune(config: str | None, overrides: list[str] = (), slurm_overrid
                     after: str | None = None, bilm_path: str | None = None) -> list:
     """Queue the classifier variants as one job array (one array task per variant, each on the
     config's nodes x tasks_per_node processes), optionally after a job id."""
-    trees, cfg = _finetune_trees(config, list(overrides) + _slurm_keys(slurm_overrides), bilm_path)
+    trees, cfg = _finetune_trees(config, list(overrides) + slurm_keys(slurm_overrides), bilm_path)
     s = cfg.slurm
     extra = {"dependency": f"afterok:{after}", "kill_on_invalid_dep": "yes"} if after else None
     executor = make_executor(s, _folder(s, cfg.train.run_dir), s.job_name + "-finetune", tasks_per_node(s),

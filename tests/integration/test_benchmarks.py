@@ -48,12 +48,17 @@ def test_bench_pretrain_without_the_distinct_token_path(tmp_path):
     assert res["tokens_per_s"] > 0
 
 
-def test_bench_prepare_two_sizes(tmp_path):
-    res = bench("bench_prepare", "--tokens", "20000", "40000", "--vocab", "3000", out=tmp_path / "p.json")
+def test_bench_prepare_two_sizes_and_every_format(tmp_path):
+    res = bench("bench_prepare", "--tokens", "20000", "40000", "--vocab", "3000", "--workers", "1", "2",
+                out=tmp_path / "p.json")
     assert [r["tokens"] for r in res["runs"]] == [20000, 40000]
-    assert all(r["tokens_per_s"] > 0 and r["peak_rss_mib"] > 0 for r in res["runs"])
+    runs = res["runs"] + res["matrix"]
+    assert all(r["tokens_per_s"] > 0 and r["peak_rss_mib"] > 0 for r in runs)
     # the measuring process runs prepare alone: torch (about 190 MiB) is never imported into it
-    assert all(r["peak_rss_mib"] < 150 for r in res["runs"])
+    assert all(r["peak_rss_mib"] < 150 for r in runs)
+    # the same documents in every format: the same tokens
+    assert [(r["format"], r["workers"], r["tokens"]) for r in res["matrix"]] == [
+        (f, w, 40000) for f in ("text", "jsonl", "parquet") for w in (1, 2)]
 
 
 def test_bench_dist_one_vs_two_processes(tmp_path):

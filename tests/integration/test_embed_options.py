@@ -52,3 +52,18 @@ def test_a_bad_dtype_or_pool_is_one_error_line(tmp_path, tiny_bilm):
     proc = run_cli("embed", str(tiny_bilm), str(text), str(tmp_path / "o.hdf5"), "--dtype", "int8", check=False)
     assert proc.returncode == 2 and "invalid choice: 'int8'" in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "o.hdf5").exists()
+
+
+def test_a_zstd_input_embeds_as_the_plain_one(tmp_path, tiny_bilm):
+    import zstandard
+
+    text = tmp_path / "s.txt"
+    text.write_text("the cat sees the fish .\n\na dog likes some bread today .\n")
+    packed = tmp_path / "s.txt.zst"
+    packed.write_bytes(zstandard.ZstdCompressor().compress(text.read_bytes()))
+    run_cli("embed", str(tiny_bilm), str(text), str(tmp_path / "plain.hdf5"))
+    run_cli("embed", str(tiny_bilm), str(packed), str(tmp_path / "packed.hdf5"))
+    with h5py.File(tmp_path / "plain.hdf5") as a, h5py.File(tmp_path / "packed.hdf5") as b:
+        assert sorted(a) == sorted(b) and "2" in a  # keys are line numbers, the blank line 1 skipped
+        for key in a:
+            np.testing.assert_array_equal(a[key][()], b[key][()])

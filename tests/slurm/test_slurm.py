@@ -3,8 +3,10 @@
 submitit API: the pretrain -> finetune-array pipeline, a requeued submitit job, a failing job."""
 from __future__ import annotations
 
+import gzip
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -15,9 +17,17 @@ from safetensors.torch import load_file
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from cluster import slurm  # noqa: F401  (the session fixture)
-from conftest import REPO, TINY_OVERRIDES, best_weights, finetune_f32_bounds, run_cli, write_order_task
+from conftest import (
+    REPO,
+    TINY_OVERRIDES,
+    best_weights,
+    finetune_f32_bounds,
+    run_cli,
+    write_grammar_corpus,
+    write_order_task,
+)
 
-pytestmark = [pytest.mark.slurm, pytest.mark.slow(seconds=243)]  # its serial seconds: conftest starts the slowest first
+pytestmark = [pytest.mark.slurm, pytest.mark.slow(seconds=263)]  # its serial seconds: conftest starts the slowest first
 
 STEPS = 240
 # sampled softmax and dropout on: resuming must restore the random streams too, not only the weights
@@ -230,3 +240,65 @@ def test_sbatch_finetune_two_tasks_matches_one_process(slurm, tmp_path, grammar_
                                   word_dim=16)
     assert b["variants"]["scalar_mix"]["test"]["loss"] == pytest.approx(a["variants"]["scalar_mix"]["test"]["loss"],
                                                                         rel=rtol, abs=0)
+
+
+def _tasks_of(slurm, job_id: str) -> list[dict]:
+    """scontrol's record of every task of a job (array) id."""
+    out = slurm.run(["scontrol", "show", "job", "-o", job_id], check=False).stdout
+    return [dict(re.findall(r"(\w+)=(\S*)", line)) for line in out.splitlines() if line.strip()]
+
+
+def test_submit_prepare_array_writes_the_one_process_output(slurm, tmp_path):
+    """`submit prepare` over text, gzipped JSONL and Parquet inputs: count array -> merge -> encode
+    array -> finalize, each stage after the one before, and every output file the one-process bytes."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    a, b = write_grammar_corpus(tmp_path / "a.txt", 3000, 1), write_grammar_corpus(tmp_path / "b.txt", 2000, 2)
+    docs = write_grammar_corpus(tmp_path / "docs.txt", 1500, 3).read_text().splitlines()
+    (tmp_path / "c.jsonl.gz").write_bytes(gzip.compress("".join(
+        json.dumps({"meta": {"body": "\n".join(docs[i:i + 4])}}) + "\n" for i in range(0, 800, 4)).encode()))
+    pq.write_table(pa.table({"meta": [{"body": d} for d in docs[800:]]}), tmp_path / "d.parquet", row_group_size=100)
+    inputs = [str(p) for p in (a, b, tmp_path / "c.jsonl.gz", tmp_path / "d.parquet")]
+    flags = ["--text-field", "meta.body", "--shard-tokens", "4000", "--min-count", "2", "--heldout-fraction", "0.05"]
+    run_cli("prepare", *inputs, "--out", str(tmp_path / "one"), "--workers", "1", *flags)
+    # two cores a task: the encode parts run their shards in a pool of worker processes inside the job
+    proc = run_cli("submit", "prepare", *inputs, "--out", str(tmp_path / "array"), *flags, "--wait",
+                   "--slurm.cpus_per_task=2", "--slurm.time_min=10", env=ENV)
+    ids = dict(re.findall(r"prepare (\w+) +job +(\d+)", proc.stdout))
+    assert list(ids) == ["count", "merge", "encode", "finalize"], proc.stdout
+    assert "(array of 4)" in proc.stdout  # one count task per input file, by default
+    stages = {stage: _tasks_of(slurm, job) for stage, job in ids.items()}
+    assert [len(stages[s]) for s in ids] == [4, 1, 4, 1]
+    for before, after in zip(list(ids)[:-1], list(ids)[1:]):  # afterok: no stage starts before the last ends
+        assert all(t["JobState"] == "COMPLETED" for t in stages[before] + stages[after])
+        assert min(t["StartTime"] for t in stages[after]) >= max(t["EndTime"] for t in stages[before])
+    one, array = tmp_path / "one", tmp_path / "array"
+    files = sorted(str(p.relative_to(one)) for p in one.rglob("*") if p.is_file())
+    written = sorted(str(p.relative_to(array)) for p in array.rglob("*") if p.is_file())
+    assert files == [f for f in written if not f.startswith("slurm/")]  # submitit's logs and pickles aside
+    assert len([f for f in files if f.startswith("train/shard-") and f.endswith(".npy")]) > 5
+    for name in files:
+        if name not in ("manifest.json", "summary.json"):  # their timings differ
+            assert (one / name).read_bytes() == (array / name).read_bytes(), name
+    timing = ("created", "seconds", "tokens_per_s", "options")
+    m1, m2 = (json.loads((d / "manifest.json").read_text()) for d in (one, array))
+    assert {k: v for k, v in m1.items() if k not in timing} == {k: v for k, v in m2.items() if k not in timing}
+    assert m1["records"] == 200 + 700 and m1["bad_records_skipped"] == 0
+
+
+def test_submit_prepare_stage_that_fails_is_one_error_line(slurm, tmp_path):
+    """A gzip file cut short is found only when the count array reads it: one error line naming the
+    file, and the later stages cancelled, leaving no manifest."""
+    good = write_grammar_corpus(tmp_path / "a.txt", 500, 1)
+    whole = gzip.compress(write_grammar_corpus(tmp_path / "b.txt", 2000, 2).read_bytes())
+    (tmp_path / "b.txt.gz").write_bytes(whole[: len(whole) // 2])
+    proc = run_cli("submit", "prepare", str(good), str(tmp_path / "b.txt.gz"), "--out", str(tmp_path / "out"),
+                   "--wait", "--slurm.cpus_per_task=1", "--slurm.time_min=5", check=False, env=ENV)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and re.match(r"elmo-dist: error: prepare's count job \d+_1 failed: \S*b\.txt\.gz: "
+                                        r"cannot read \(", lines[0]), proc.stderr
+    merge = re.search(r"prepare merge +job +(\d+)", proc.stdout).group(1)
+    assert slurm.wait(merge, 60)["JobState"] == "CANCELLED"  # kill_on_invalid_dep
+    assert not (tmp_path / "out" / "manifest.json").exists()

@@ -30,6 +30,7 @@ LAYERS = [
     ["classify"],
     ["commands"],
     ["launch"],
+    ["cli_prepare"],
     ["cli"],
     ["__main__"],
 ]

@@ -323,3 +323,27 @@ def test_bad_fractions_and_too_few_examples(tmp_path):
         build_splits(p, test_fraction=1.0)
     with raises_at(p, "cannot split"):
         build_splits(p, test_fraction=0.1)   # one test example for three classes
+
+
+@pytest.mark.parametrize("suffix", [".gz", ".zst"])
+def test_compressed_task_files_read_as_the_plain_ones(tmp_path, suffix):
+    """A gzip or zstd task file reads to the examples of the plain file, `auto` seeing through the
+    suffix (AG News is told by its first row, read decompressed), and lines numbered as in it."""
+    import gzip
+
+    import zstandard
+
+    pack = gzip.compress if suffix == ".gz" else zstandard.ZstdCompressor().compress
+    jsonl = "".join(json.dumps({"text": f"doc {i}", "label": "ab"[i % 2]}) + "\n" for i in range(6))
+    for name, text, fmt in (("train.csv", AGNEWS, "agnews"), ("train.jsonl", jsonl, "jsonl")):
+        plain = write(tmp_path / name, text)
+        packed = tmp_path / (name + suffix)
+        packed.write_bytes(pack(text.encode()))
+        assert detect_format(packed) == fmt
+        got, want = read_examples(packed), read_examples(plain)
+        assert [(e.text, e.label) for e in got] == [(e.text, e.label) for e in want] and len(want) >= 4
+        assert [e.source.replace(suffix, "") for e in got] == [e.source for e in want]
+    broken = tmp_path / ("cut.jsonl" + suffix)
+    broken.write_bytes(pack(jsonl.encode())[:-6])
+    with pytest.raises(DataError, match=f"cut.jsonl{suffix}: cannot read"):
+        read_examples(broken)
