@@ -8,6 +8,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 DEMO_DIR ?= runs/demo
+DEMO_FINETUNE ?= configs/finetune_demo.yaml
 TORCH_PIN := torch==2.13.0
 # pytest worker processes for `make test` (each test file runs whole on one worker)
 TEST_JOBS ?= 2
@@ -37,7 +38,7 @@ demo: $(VENV)/.demo-installed
 	$(BIN)/elmo-dist prepare $(DEMO_DIR)/text/train.txt --heldout $(DEMO_DIR)/text/heldout.txt \
 		--tokenizer moses --min-count 2 --out $(DEMO_DIR)/prepared
 	$(BIN)/elmo-dist pretrain configs/demo.yaml data.dir=$(DEMO_DIR)/prepared train.run_dir=$(DEMO_DIR)/pretrain
-	$(BIN)/elmo-dist finetune configs/finetune_demo.yaml bilm.path=$(DEMO_DIR)/pretrain \
+	$(BIN)/elmo-dist finetune $(DEMO_FINETUNE) bilm.path=$(DEMO_DIR)/pretrain \
 		data.train=$(DEMO_DIR)/text/classify/train data.test=$(DEMO_DIR)/text/classify/test \
 		train.run_dir=$(DEMO_DIR)/finetune
 	@echo "TensorBoard logs: $(DEMO_DIR)  (tensorboard --logdir $(DEMO_DIR))"

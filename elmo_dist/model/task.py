@@ -25,6 +25,32 @@ from torch import nn
 from elmo_dist.model.crf import LinearChainCRF
 
 
+class Dropout(nn.Module):
+    """Inverted dropout, as nn.Dropout: in training each element is zeroed with probability p and
+    the rest scaled by 1 / (1 - p); in evaluation (or with p = 0) the input passes unchanged.
+
+    On the CPU the keep mask is drawn as uniform floats compared with p, because torch's CPU
+    Bernoulli sampler draws one element at a time, on one thread, where torch.rand is vectorised
+    (figures: benchmarks/bench_dropout.py, docs/performance.md); dropout over every token of whole
+    documents was the largest part of a fine-tuning step. Elsewhere (CUDA) nn.functional.dropout's
+    fused kernel."""
+
+    def __init__(self, p: float = 0.0):
+        super().__init__()
+        self.p = float(p)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        if x.device.type != "cpu":
+            return nn.functional.dropout(x, self.p, True)
+        keep = (torch.rand(x.shape, dtype=x.dtype, device=x.device) >= self.p).to(x.dtype)
+        return x * keep.mul_(1.0 / (1.0 - self.p))
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
 def masked_pool(x: torch.Tensor, mask: torch.Tensor, how: str) -> torch.Tensor:
     """[B, T, D] -> [B, D] (mean or max) or [B, 2D] (mean_max) over the unmasked tokens."""
     m = mask.unsqueeze(-1).to(x.dtype)
@@ -49,7 +75,7 @@ class TokenInputs(nn.Module):
             self.words.weight.data.copy_(vectors)  # rows of words the vectors file lacks stay random
         if self.words is not None:
             self.words.weight.requires_grad_(train_words)
-        self.mix, self.elmo_dropout = mix, nn.Dropout(elmo_dropout)
+        self.mix, self.elmo_dropout = mix, Dropout(elmo_dropout)
         self.dim = word_dim + (elmo_dim if mix is not None else 0)
 
     @property
@@ -77,7 +103,7 @@ class _OutputElmo(nn.Module):
 
     def __init__(self, mix: nn.Module | None, dropout: float):
         super().__init__()
-        self.mix, self.dropout = mix, nn.Dropout(dropout)
+        self.mix, self.dropout = mix, Dropout(dropout)
 
     def forward(self, h: torch.Tensor, layers: torch.Tensor | None, mask: torch.Tensor) -> torch.Tensor:
         if self.mix is None:
@@ -94,7 +120,7 @@ class Classifier(nn.Module):
         super().__init__()
         self.inputs, self.encoder_kind, self.pooling = inputs, encoder, pooling
         self.mix = inputs.mix  # the input mix, whose weights the reports show
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         dim, self.token_ff, self.bilstm = inputs.dim, None, None
         if encoder == "pool" and token_dim:
             self.token_ff = nn.Sequential(nn.Linear(dim, token_dim), nn.ReLU())
@@ -107,7 +133,7 @@ class Classifier(nn.Module):
         pooled = dim * (2 if pooling == "mean_max" else 1)
         # the features differ in scale between words, layers, mean and max; normalising the pooled
         # vector lets one learning rate suit every variant
-        self.mlp = nn.Sequential(nn.LayerNorm(pooled), nn.Linear(pooled, hidden), nn.ReLU(), nn.Dropout(dropout),
+        self.mlp = nn.Sequential(nn.LayerNorm(pooled), nn.Linear(pooled, hidden), nn.ReLU(), Dropout(dropout),
                                  nn.Linear(hidden, n_classes))
 
     def forward(self, ids: torch.Tensor, layers: torch.Tensor | None, mask: torch.Tensor) -> torch.Tensor:
@@ -126,7 +152,7 @@ class Tagger(nn.Module):
                  crf: bool = False, output_mix: nn.Module | None = None, elmo_dim: int = 0, elmo_dropout: float = 0.0):
         super().__init__()
         self.inputs, self.mix = inputs, inputs.mix
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.bilstm = nn.LSTM(inputs.dim, bilstm_dim, batch_first=True, bidirectional=True)
         self.output = _OutputElmo(output_mix, elmo_dropout)
         self.scores = nn.Linear(2 * bilstm_dim + (elmo_dim if output_mix is not None else 0), n_tags)

@@ -97,3 +97,12 @@ def test_gpu_check_runs_on_the_cpu(tmp_path):
         names = tar.getnames()
     assert {"logs/tests.log", "logs/prepare.log", "logs/bench0_debug_bf16_8.profile.txt"} <= set(names)
     assert proc.stdout.strip().splitlines()[-1].startswith("gpu_check: passed")
+
+
+def test_bench_dropout_times_both_samplers_on_each_thread_count(tmp_path):
+    res = bench("bench_dropout", "--shape", "4", "50", "16", "--threads", "1", "2", "--repeats", "2",
+                out=tmp_path / "d.json")
+    assert res["shape"] == [4, 50, 16] and set(res["by_threads"]) == {"1", "2"}
+    for figures in res["by_threads"].values():
+        assert set(figures) == {"torch.nn.Dropout", "elmo_dist Dropout"}
+        assert all(f["forward_ms"] > 0 and f["forward_backward_ms"] > 0 for f in figures.values())

@@ -100,3 +100,25 @@ def test_a_tag_only_the_test_file_holds_is_kept_and_warned_about(caplog):
     assert data.names == ["DET", "NOUN", "ABX"]
     assert [t.tolist() for t in data.targets["test"]] == [[2, 1], [2, 1]]
     assert "ABX x2" in caplog.text and "count as errors" in caplog.text
+
+
+@pytest.mark.parametrize("p", [0.5, 0.2])
+def test_dropout_is_inverted_dropout_with_the_rate_asked_for(p):
+    """The task model's CPU dropout: each element zeroed with probability p (the count within 5 standard
+    deviations of the binomial's mean), the rest scaled by exactly 1 / (1 - p), the gradient through the
+    same mask; evaluation and p = 0 pass the input unchanged."""
+    from elmo_dist.model.task import Dropout
+
+    torch.manual_seed(0)
+    n = 200_000
+    x = (torch.rand(n, dtype=torch.float64) + 1).requires_grad_()  # no zero of its own
+    drop = Dropout(p)
+    y = drop(x)
+    zeroed = int((y == 0).sum())
+    assert abs(zeroed - n * p) <= 5 * (n * p * (1 - p)) ** 0.5
+    kept = y != 0
+    assert torch.equal(y[kept], x.detach()[kept] * (1 / (1 - p)))
+    y.sum().backward()
+    assert torch.equal(x.grad, kept.double() * (1 / (1 - p)))
+    assert drop(x).ne(y).any()  # a new mask each call
+    assert drop.eval()(x) is x and Dropout(0.0)(x) is x
