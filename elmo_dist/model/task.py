@@ -62,6 +62,13 @@ def masked_pool(x: torch.Tensor, mask: torch.Tensor, how: str) -> torch.Tensor:
     return torch.cat(parts, dim=-1)
 
 
+def pool_parts(parts: list[torch.Tensor], mask: torch.Tensor, how: str) -> torch.Tensor:
+    """masked_pool(torch.cat(parts, -1), mask, how), the same layout ([all means; all maxes] for
+    mean_max), without building the concatenation: the pooling works feature by feature."""
+    hows = ("mean", "max") if how == "mean_max" else (how,)
+    return torch.cat([masked_pool(p, mask, h) for h in hows for p in parts], dim=-1)
+
+
 class TokenInputs(nn.Module):
     """[x_k; ELMo_k] per token: the task's word embedding and/or the mixed biLM layers."""
 
@@ -82,12 +89,17 @@ class TokenInputs(nn.Module):
     def reads_elmo(self) -> bool:
         return self.mix is not None
 
-    def forward(self, ids: torch.Tensor, layers: torch.Tensor | None, mask: torch.Tensor) -> torch.Tensor:
+    def parts(self, ids: torch.Tensor, layers: torch.Tensor | None, mask: torch.Tensor) -> list[torch.Tensor]:
+        """[x_k] and/or [ELMo_k], each [B, T, its dim]: what forward concatenates."""
         parts = []
         if self.words is not None:
             parts.append(self.words(ids))
         if self.mix is not None:
             parts.append(self.elmo_dropout(self.mix(layers, mask)))
+        return parts
+
+    def forward(self, ids: torch.Tensor, layers: torch.Tensor | None, mask: torch.Tensor) -> torch.Tensor:
+        parts = self.parts(ids, layers, mask)
         return torch.cat(parts, dim=-1) if len(parts) > 1 else parts[0]
 
 
@@ -105,10 +117,12 @@ class _OutputElmo(nn.Module):
         super().__init__()
         self.mix, self.dropout = mix, Dropout(dropout)
 
+    def extra(self, layers: torch.Tensor | None, mask: torch.Tensor) -> list[torch.Tensor]:
+        """[ELMo_k] of the output mix, or [] without one."""
+        return [] if self.mix is None else [self.dropout(self.mix(layers, mask))]
+
     def forward(self, h: torch.Tensor, layers: torch.Tensor | None, mask: torch.Tensor) -> torch.Tensor:
-        if self.mix is None:
-            return h
-        return torch.cat([h, self.dropout(self.mix(layers, mask))], dim=-1)
+        return torch.cat([h, *self.extra(layers, mask)], dim=-1) if self.mix is not None else h
 
 
 class Classifier(nn.Module):
@@ -137,6 +151,12 @@ class Classifier(nn.Module):
                                  nn.Linear(hidden, n_classes))
 
     def forward(self, ids: torch.Tensor, layers: torch.Tensor | None, mask: torch.Tensor) -> torch.Tensor:
+        if self.token_ff is None and self.bilstm is None:
+            # nothing combines x_k's and ELMo_k's features before the pooling, which works feature by
+            # feature: pooling each part alone gives the same vector without first copying every
+            # token's parts into one tensor
+            parts = [self.dropout(p) for p in self.inputs.parts(ids, layers, mask)]
+            return self.mlp(pool_parts(parts + self.output.extra(layers, mask), mask, self.pooling))
         x = self.dropout(self.inputs(ids, layers, mask))
         if self.token_ff is not None:
             x = self.token_ff(x)

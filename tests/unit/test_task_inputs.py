@@ -122,3 +122,22 @@ def test_dropout_is_inverted_dropout_with_the_rate_asked_for(p):
     assert torch.equal(x.grad, kept.double() * (1 / (1 - p)))
     assert drop(x).ne(y).any()  # a new mask each call
     assert drop.eval()(x) is x and Dropout(0.0)(x) is x
+
+
+@pytest.mark.parametrize("pooling", ["mean_max", "mean", "max"])
+def test_a_head_without_a_per_token_layer_pools_the_concatenation(pooling):
+    """With no per-token layer and no BiLSTM, the classifier pools x_k, ELMo_k and the output ELMo
+    one by one; the vector must be masked_pool of their concatenation, in the same feature order
+    (float64: the same sums in another grouping, a few roundings of 1e-16 apart)."""
+    from elmo_dist.model.task import masked_pool
+
+    torch.manual_seed(0)
+    inputs = TokenInputs(30, 6, build_mix("scalar_mix", 3, 4), 4, elmo_dropout=0.5)
+    out_mix = build_mix("learned_fn", 3, 4, hidden=5)
+    clf = Classifier(inputs, 3, pooling=pooling, token_dim=0, hidden=8, output_mix=out_mix, elmo_dim=4,
+                     elmo_dropout=0.5).double().eval()
+    ids, layers = torch.randint(1, 30, (2, 7)), torch.randn(2, 3, 7, 4, dtype=torch.float64)
+    mask = torch.tensor([[1] * 7, [1] * 4 + [0] * 3], dtype=torch.bool)
+    joined = torch.cat([inputs(ids, layers, mask), clf.output.mix(layers, mask)], dim=-1)
+    expected = clf.mlp(masked_pool(joined, mask, pooling))
+    torch.testing.assert_close(clf(ids, layers, mask), expected, rtol=0, atol=1e-12)
