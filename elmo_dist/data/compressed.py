@@ -44,7 +44,22 @@ def packing(path: Path) -> str | None:
     return "zstd" if head == ZSTD_MAGIC else None
 
 
-class _Range:
+class _Reader:
+    """What both readers below share: the open file `_f`, closed by close() or a with block."""
+
+    _f = None
+
+    def close(self) -> None:
+        self._f.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class _Range(_Reader):
     """Bytes [start, end) of a plain file, read like a file."""
 
     def __init__(self, path: Path, start: int, end: int | None):
@@ -59,17 +74,8 @@ class _Range:
         self._left -= len(data)
         return data
 
-    def close(self) -> None:
-        self._f.close()
 
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-
-class _Zstd:
+class _Zstd(_Reader):
     """The frames of a zstd file one after another, read like a file. zstandard's own readers
     stop at the first frame or, at a file cut short, just end; this one raises ZstdError there,
     as gzip does for a truncated file. The input goes in 64 KiB at a time, which bounds what one
@@ -107,15 +113,6 @@ class _Zstd:
         if self._frame.eof:
             self._left, self._frame = self._frame.unused_data, None
         return True
-
-    def close(self) -> None:
-        self._f.close()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
 
 def open_bytes(path: Path, start: int = 0, end: int | None = None):

@@ -122,7 +122,8 @@ class _OutputElmo(nn.Module):
         return [] if self.mix is None else [self.dropout(self.mix(layers, mask))]
 
     def forward(self, h: torch.Tensor, layers: torch.Tensor | None, mask: torch.Tensor) -> torch.Tensor:
-        return torch.cat([h, *self.extra(layers, mask)], dim=-1) if self.mix is not None else h
+        extra = self.extra(layers, mask)
+        return torch.cat([h, *extra], dim=-1) if extra else h
 
 
 class Classifier(nn.Module):
