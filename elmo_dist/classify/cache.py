@@ -3,6 +3,7 @@ variant, epoch and later run on the same biLM weights, documents and settings.
 
     cache = open_or_build(embedder, texts, pieces, {"window_tokens": 100}, cache_root, batch_size, weights, acc)
     layers, mask = cache.batch([3, 17, 42], device)      # [B, L+1, T, D] float32, [B, T]
+    means = cache.means([3, 17, 42], device)              # [B, L+1, D] float32, over each document's tokens
 
 `pieces(i)` is document i as the biLM reads it: a list of token lists (a whole document's windows,
 or one tagged sentence), each read as `<S> tokens </S>`; the document's layers are its pieces'
@@ -83,6 +84,7 @@ class LayerCache:
             lengths.append(np.diff(offsets))
         self.where = np.concatenate(starts)  # document -> (shard, first token), int64 [n, 2]
         self.lengths = np.concatenate(lengths)
+        self._means: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.lengths)
@@ -100,6 +102,18 @@ class LayerCache:
         layers = torch.from_numpy(out).to(device).float().permute(0, 2, 1, 3)
         mask = torch.arange(longest)[None, :] < torch.from_numpy(lengths)[:, None]
         return layers, mask.to(device)
+
+
+    def means(self, idx: Sequence[int], device) -> torch.Tensor:
+        """[B, L+1, D] float32: each document's layers averaged over its tokens. Every document's means
+        are computed on the first call, a document at a time (float32 sums), and kept:
+        n * (L+1) * D * 4 bytes, 1.5 KiB a document for the demo's biLM."""
+        if self._means is None:
+            self._means = np.zeros((len(self), self.n_layers, self.dim), dtype=np.float32)
+            for i, ((shard, start), n) in enumerate(zip(self.where, self.lengths)):
+                if n:
+                    self._means[i] = self.shards[shard][start : start + n].sum(0, dtype=np.float32) / n
+        return torch.from_numpy(self._means[list(idx)]).to(device)
 
 
 @torch.no_grad()

@@ -4,6 +4,7 @@ ids for x_k, their targets, and where the biLM's layers of each unit come from.
     data = classification_data(cfg, embedder, splits)     # or tagging_data(cfg, tagged_sets)
     sources = layer_sources(cfg, embedder, data, run_dir, acc)   # only if a variant reads ELMo
     ids, layers, mask = batch_inputs(data, sources, "train", [3, 17, 42], device)
+    ids, means, mask = batch_inputs(data, sources, "train", [3, 17, 42], device, means=True)
 
 A document is read whole (`data.max_tokens` = 0) in pieces: its sentences packed into windows of
 at most `data.window_tokens` tokens, each read by the biLM as `<S> tokens </S>` like a pretraining
@@ -168,6 +169,12 @@ class LiveLayers:
         lengths = torch.tensor([x.shape[1] for x in joined], device=layers.device)
         return layers, torch.arange(longest, device=layers.device)[None, :] < lengths[:, None]
 
+    def means(self, idx: list[int], device) -> torch.Tensor:
+        """[B, L+1, D]: each document's layers averaged over its tokens (as LayerCache.means)."""
+        layers, mask = self.batch(idx, device)
+        m = mask[:, None, :, None].to(layers.dtype)
+        return (layers * m).sum(2) / m.sum(2).clamp(min=1)
+
 
 def _cache_root(cfg, embedder: Embedder, run_dir: Path) -> Path:
     if cfg.bilm.cache_dir:
@@ -198,8 +205,10 @@ def layer_sources(cfg, embedder: Embedder, data: TaskData, run_dir: Path, acc) -
     return sources
 
 
-def batch_inputs(data: TaskData, sources: dict | None, split: str, idx: list[int], device):
-    """(word ids [B, T] int64, layers [B, L+1, T, D] or None when `sources` is None, mask [B, T])."""
+def batch_inputs(data: TaskData, sources: dict | None, split: str, idx: list[int], device, means: bool = False):
+    """(word ids [B, T] int64, layers [B, L+1, T, D] or None when `sources` is None, mask [B, T]);
+    with `means`, each document's layers averaged over its tokens, [B, L+1, D], instead of the
+    layers (for a task model whose reads_layer_means is true)."""
     rows = [data.ids[split][i] for i in idx]
     longest = max(len(r) for r in rows)
     ids = np.zeros((len(rows), longest), dtype=np.int64)
@@ -209,6 +218,8 @@ def batch_inputs(data: TaskData, sources: dict | None, split: str, idx: list[int
     mask = (torch.arange(longest)[None, :] < lengths[:, None]).to(device)
     if sources is None:
         return torch.from_numpy(ids).to(device), None, mask
+    if means:
+        return torch.from_numpy(ids).to(device), sources[split].means(idx, device), mask
     layers, layer_mask = sources[split].batch(idx, device)
     if layers.shape[2] != longest:  # the cache and the word ids come from one tokenization: never expected
         raise RuntimeError(f"{split}: layers for {layers.shape[2]} positions, word ids for {longest}")

@@ -69,8 +69,14 @@ class Tuned(torch.nn.Module):
         self.model, self.bilm = model, bilm
 
     def forward(self, data, sources, split: str, idx: list[int], device):
-        ids, layers, mask = batch_inputs(data, sources, split, idx, device)
+        ids, layers, mask = batch_inputs(data, sources, split, idx, device, reads_means(self.model))
         return self.model(ids, layers, mask), mask
+
+
+def reads_means(model: torch.nn.Module) -> bool:
+    """Whether `model` takes each document's layer means for the same result (Classifier.reads_layer_means):
+    then batches carry [B, L+1, D] means instead of [B, L+1, T, D] layers."""
+    return bool(getattr(model, "reads_layer_means", False))
 
 
 class VariantRun:
@@ -86,6 +92,9 @@ class VariantRun:
         self.net = build_task_model(cfg, variant, data.task, len(data.names), len(data.vocab), embedder.n_layers,
                                     embedder.dim, vectors).to(embedder.device)
         self.mix = self.net.mix
+        if reads_means(self.net) and self.sources is not None:
+            log.info("%s reads each document's layer means: mean pooling of a linear mix, nothing per token "
+                     "in between (the same model as reading every token's layers)", variant)
         trainable = cfg.bilm.trainable and self.sources is not None
         groups = [{"params": [p for p in self.net.parameters() if p.requires_grad], "lr": cfg.optim.lr}]
         if trainable:
@@ -170,7 +179,8 @@ class VariantRun:
         preds: list = [None] * len(mine)
         for start in range(0, len(by_length), bs):
             idx = by_length[start : start + bs]
-            ids, layers, mask = batch_inputs(self.data, self.sources, split, idx, self.embedder.device)
+            ids, layers, mask = batch_inputs(self.data, self.sources, split, idx, self.embedder.device,
+                                             reads_means(self.net))
             out = self.net(ids, layers, mask)
             loss, count = self.objective.eval_loss(self.net, out, mask, split, idx)
             totals += torch.tensor([loss, count], dtype=torch.float64)

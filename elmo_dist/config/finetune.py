@@ -113,7 +113,9 @@ class ClassifierSection:
     """Dropout on the token inputs, and inside the MLP (classification) or before the tag scores
     (tagging), in [0, 1)."""
     elmo_dropout: float = 0.5
-    """Dropout on ELMo_k before it joins x_k, the paper's regulariser, in [0, 1)."""
+    """Dropout on ELMo_k before it joins x_k, the paper's regulariser, in [0, 1). With mean pooling,
+    token_dim 0 and dropout 0 too, 0 lets the linear mixes read each document's layer means instead
+    of every token's layers: the same model, faster (docs/finetuning.md#whole-documents)."""
     elmo_at_output: bool = False
     """Also add ELMo at the task model's output, [h_k; ELMo_k] with a mix of its own (section 3.3):
     before pooling (classification) or before the tag scores (tagging)."""

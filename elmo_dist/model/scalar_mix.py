@@ -13,7 +13,9 @@
   about lr per step.
 - `TopLayer`: the top LSTM layer alone, a baseline.
 
-Each takes layers as one tensor [B, L+1, T, D] and returns [B, T, D].
+Each takes layers as one tensor [B, L+1, T, D] and returns [B, T, D]. `is_linear(mix)` says whether
+a mix is a fixed linear map of the layers (a scalar mix without layer norm, the top layer), which
+then commutes with a mean over tokens: it also takes per-document layer means [B, L+1, D].
 """
 from __future__ import annotations
 
@@ -65,6 +67,12 @@ class LearnedMix(nn.Module):
 class TopLayer(nn.Module):
     def forward(self, layers: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         return layers[:, -1]
+
+
+def is_linear(mix: nn.Module | None) -> bool:
+    """True when mix(layers) is the same linear combination of the layers at every token, so that
+    the mean over tokens of mix(layers) equals mix(the layers' means)."""
+    return isinstance(mix, TopLayer) or (isinstance(mix, ScalarMix) and not mix.layer_norm)
 
 
 def build_mix(variant: str, n_layers: int, dim: int, layer_norm: bool = False, hidden: int = 256) -> nn.Module:

@@ -4,6 +4,8 @@
     clf = Classifier(inputs, n_classes=5)                    # logits [B, n_classes]
     tagger = Tagger(inputs, n_tags=17, crf=True)            # emissions [B, T, n_tags]
     out = clf(ids, layers, mask)   # ids [B, T] task-vocabulary ids, layers [B, L+1, T, D] (or None), mask [B, T]
+    if clf.reads_layer_means:      # the same logits from each document's layer means [B, L+1, D]
+        out = clf(ids, layer_means, mask)
 
 "We simply freeze the weights of the biLM and then concatenate the ELMo vector ELMo_k^task with
 x_k and pass the ELMo enhanced representation [x_k; ELMo_k^task] into the task RNN" (section 3.3):
@@ -14,7 +16,10 @@ ELMo is the paper's regulariser (`elmo_dropout`). The paper's second injection, 
 model's output ([h_k; ELMo_k^task] with a mix of its own), is `output_mix`.
 
 Classifier: inputs -> per-token Linear -> ReLU (`token_dim`) or a BiLSTM -> [+ output ELMo] ->
-masked mean||max pooling over the whole document -> LayerNorm -> MLP. Tagger: inputs -> BiLSTM ->
+masked mean||max pooling over the whole document -> LayerNorm -> MLP. A classifier that only
+averages (mean pooling, no per-token layer, linear mixes, no dropout before the pooling) computes
+mean_t(sum_k s_k h_k,t) = sum_k s_k mean_t(h_k,t): it reads the layers averaged over each document,
+[B, L+1, D] instead of [B, L+1, T, D], the same model at a fraction of the cost. Tagger: inputs -> BiLSTM ->
 [+ output ELMo] -> per-token Linear -> tag scores, decoded per token or by a linear-chain CRF.
 """
 from __future__ import annotations
@@ -23,6 +28,7 @@ import torch
 from torch import nn
 
 from elmo_dist.model.crf import LinearChainCRF
+from elmo_dist.model.scalar_mix import is_linear
 
 
 class Dropout(nn.Module):
@@ -151,7 +157,23 @@ class Classifier(nn.Module):
         self.mlp = nn.Sequential(nn.LayerNorm(pooled), nn.Linear(pooled, hidden), nn.ReLU(), Dropout(dropout),
                                  nn.Linear(hidden, n_classes))
 
+    @property
+    def reads_layer_means(self) -> bool:
+        """Whether forward also takes each document's layer means [B, L+1, D] for `layers` and gives the
+        same logits: every step between the layers and the pooling is linear and the same at every
+        token (no per-token layer or BiLSTM, mean pooling, linear mixes, no dropout on the way)."""
+        return (self.token_ff is None and self.bilstm is None and self.pooling == "mean"
+                and self.dropout.p == 0 and self.inputs.elmo_dropout.p == 0 and self.output.dropout.p == 0
+                and self.inputs.mix is not None and is_linear(self.inputs.mix)
+                and (self.output.mix is None or is_linear(self.output.mix)))
+
     def forward(self, ids: torch.Tensor, layers: torch.Tensor | None, mask: torch.Tensor) -> torch.Tensor:
+        if layers is not None and layers.dim() == 3:
+            if not self.reads_layer_means:
+                raise ValueError("this classifier reads per-token layers [B, L+1, T, D], not layer means")
+            words = [masked_pool(self.inputs.words(ids), mask, "mean")] if self.inputs.words is not None else []
+            mixes = [self.inputs.mix] + ([self.output.mix] if self.output.mix is not None else [])
+            return self.mlp(torch.cat(words + [m(layers) for m in mixes], dim=-1))
         if self.token_ff is None and self.bilstm is None:
             # nothing combines x_k's and ELMo_k's features before the pooling, which works feature by
             # feature: pooling each part alone gives the same vector without first copying every

@@ -54,14 +54,18 @@ def torchrun2(*args: str):
 @pytest.mark.parametrize("mode", ["cached", "trainable"])
 def test_two_processes_equal_one(mode, bilm, tmp_path):
     data = write_order_task(tmp_path / "task.jsonl", 97, seed=5)  # 97: the last global batch splits unevenly
-    extra = ["variants=[scalar_mix,learned_fn]"] if mode == "cached" else \
-        ["variants=[scalar_mix]", "bilm.trainable=true", "bilm.lr=0.001"]
+    # cached: an averaging head, so that scalar_mix reads the cache's layer means and learned_fn every
+    # token's layers; trainable: a per-token layer
+    extra = ["variants=[scalar_mix,learned_fn]", "classifier.token_dim=0", "classifier.pooling=mean"] \
+        if mode == "cached" else ["variants=[scalar_mix]", "bilm.trainable=true", "bilm.lr=0.001"]
     run_cli(*finetune_args(bilm, data, tmp_path / "one", *extra))
     proc = torchrun2(*finetune_args(bilm, data, tmp_path / "two", *extra))
     one = json.loads((tmp_path / "one" / "summary.json").read_text())
     two = json.loads((tmp_path / "two" / "summary.json").read_text())
     assert one["processes"] == 1 and two["processes"] == 2
     assert proc.stdout.count("per-variant reports") == 1  # one writer
+    assert ("scalar_mix reads each document's layer means" in proc.stderr + proc.stdout) == (mode == "cached")
+    assert "learned_fn reads each document's layer means" not in proc.stderr + proc.stdout
     for variant, a in one["variants"].items():
         b = two["variants"][variant]
         assert b["best_epoch"] == a["best_epoch"]

@@ -51,6 +51,23 @@ def test_the_cache_holds_what_the_live_biLM_gives(tiny_bilm, texts, tmp_path):
     torch.testing.assert_close(got.double(), want, rtol=2**-11 + 2**-24, atol=2**-25 + 1e-12)
 
 
+def test_the_layer_means_are_each_documents_cached_layers_averaged(tiny_bilm, texts, tmp_path):
+    """cache.means (what an averaging classifier reads) against float64 means of cache.batch: float32
+    sums of n values are within n * 2^-24 of the largest |value| times n, so the mean within
+    (n + 1) * 2^-24 * max |value| (the +1 for the division)."""
+    elmo = Embedder.from_run(tiny_bilm, "cpu")
+    cache = build(elmo, texts, tmp_path, max_tokens=1000)
+    idx = [int(np.argmax(cache.lengths)), 3, 0, 40]
+    layers, mask = cache.batch(idx, "cpu")
+    m = mask[:, None, :, None].double()
+    want = (layers.double() * m).sum(2) / m.sum(2)
+    got = cache.means(idx, "cpu")
+    assert got.shape == (4, elmo.n_layers, elmo.dim) and got.dtype == torch.float32
+    bound = (int(cache.lengths.max()) + 1) * 2**-24 * float(layers.abs().max())
+    torch.testing.assert_close(got.double(), want, rtol=0, atol=bound)
+    assert torch.equal(cache.means(idx[::-1], "cpu"), got.flip(0))  # kept after the first call, in idx order
+
+
 def test_documents_are_stored_at_their_own_length(tiny_bilm, texts, tmp_path):
     elmo = Embedder.from_run(tiny_bilm, "cpu")
     cache = build(elmo, texts, tmp_path, max_tokens=1000)

@@ -141,3 +141,45 @@ def test_a_head_without_a_per_token_layer_pools_the_concatenation(pooling):
     joined = torch.cat([inputs(ids, layers, mask), clf.output.mix(layers, mask)], dim=-1)
     expected = clf.mlp(masked_pool(joined, mask, pooling))
     torch.testing.assert_close(clf(ids, layers, mask), expected, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("variant", ["frozen", "scalar_mix", "top"])
+@pytest.mark.parametrize("at_output", [False, True])
+def test_an_averaging_head_gives_the_same_logits_from_the_layer_means(variant, at_output):
+    """Mean pooling of linear mixes with nothing per token in between: the logits from each document's
+    layer means [B, L+1, D] equal those from every token's layers, and so do the mix's gradients
+    (float64: the same sums in another order, roundings of 1e-16)."""
+    torch.manual_seed(0)
+    inputs = TokenInputs(30, 6, build_mix(variant, 3, 4), 4, elmo_dropout=0.0)
+    if variant == "scalar_mix":
+        inputs.mix.weights.data = torch.tensor([0.3, -1.0, 0.5])
+    out_mix = build_mix(variant, 3, 4) if at_output else None
+    clf = Classifier(inputs, 3, pooling="mean", token_dim=0, hidden=8, dropout=0.0, output_mix=out_mix,
+                     elmo_dim=4).double()
+    assert clf.reads_layer_means
+    ids, layers = torch.randint(1, 30, (2, 7)), torch.randn(2, 3, 7, 4, dtype=torch.float64)
+    mask = torch.tensor([[1] * 7, [1] * 4 + [0] * 3], dtype=torch.bool)
+    layers[1, :, 4:] = 1e3  # padding: must not count in either path
+    m = mask[:, None, :, None].double()
+    means = (layers * m).sum(2) / m.sum(2)
+    per_token = clf(ids, layers, mask)
+    torch.testing.assert_close(clf(ids, means, mask), per_token, rtol=0, atol=1e-12)
+    if variant == "scalar_mix":
+        grad_tokens = torch.autograd.grad(per_token.sum(), inputs.mix.weights)[0]
+        grad_means = torch.autograd.grad(clf(ids, means, mask).sum(), inputs.mix.weights)[0]
+        torch.testing.assert_close(grad_means, grad_tokens, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("change", ["dropout", "elmo_dropout", "learned_fn", "layer_norm", "token_dim", "mean_max"])
+def test_a_head_that_works_per_token_refuses_layer_means(change):
+    """Anything per token between the layers and the pooling (dropout, a nonlinear or normalising mix,
+    a per-token layer, max pooling) breaks the identity: such a head reads every token's layers."""
+    variant = "learned_fn" if change == "learned_fn" else "scalar_mix"
+    mix = build_mix(variant, 3, 4, layer_norm=change == "layer_norm", hidden=5)
+    inputs = TokenInputs(30, 6, mix, 4, elmo_dropout=0.5 if change == "elmo_dropout" else 0.0)
+    clf = Classifier(inputs, 3, pooling="mean_max" if change == "mean_max" else "mean",
+                     token_dim=8 if change == "token_dim" else 0, hidden=8,
+                     dropout=0.3 if change == "dropout" else 0.0)
+    assert not clf.reads_layer_means
+    with pytest.raises(ValueError, match="per-token layers"):
+        clf(torch.ones(1, 2, dtype=torch.long), torch.zeros(1, 3, 4), torch.ones(1, 2, dtype=torch.bool))
