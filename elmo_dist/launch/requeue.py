@@ -73,9 +73,11 @@ def requeue_after_stop(summary: dict, stopper, limit: int, requeues: int, handle
                                  "job: submit it again to resume")
     elif "SLURM_JOB_ID" in os.environ:
         if is_main:
-            subprocess.run(["scontrol", "requeue", os.environ["SLURM_JOB_ID"]], check=True, timeout=60)
+            # said first: the requeue ends the job step, and with it this process, often before
+            # scontrol returns
             print(f"elmo-dist: stopped {where}; requeued job {os.environ['SLURM_JOB_ID']} "
-                  f"(requeue {requeues + 1} of at most {limit})", file=sys.stderr)
+                  f"(requeue {requeues + 1} of at most {limit})", file=sys.stderr, flush=True)
+            subprocess.run(["scontrol", "requeue", os.environ["SLURM_JOB_ID"]], check=True, timeout=60)
     else:
         raise RequeueRefused(f"pretraining stopped {where} outside a requeueable job: run it again to resume")
     sys.exit(0)  # requeued: the requeued job reports
