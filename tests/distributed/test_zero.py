@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 
 from conftest import REPO, TINY_OVERRIDES, adagrad_f32_atol, run_cli
 
-pytestmark = pytest.mark.slow(seconds=140)  # its serial seconds: conftest starts the slowest first
+pytestmark = pytest.mark.slow(seconds=122)  # its serial seconds: conftest starts the slowest first
 
 EXACT = ["model.softmax=full", "model.dropout=0", "train.max_steps=8", "train.eval_every=0", "checkpoint.every=4",
          "optim.name=adagrad", "optim.lr=0.2", "data.batch_size=8"]

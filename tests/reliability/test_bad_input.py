@@ -13,7 +13,7 @@ import pytest
 
 from conftest import REPO, TINY_OVERRIDES, run_cli, write_grammar_corpus
 
-pytestmark = pytest.mark.slow(seconds=82)  # its serial seconds: conftest starts the slowest first
+pytestmark = pytest.mark.slow(seconds=61)  # its serial seconds: conftest starts the slowest first
 
 DEBUG = str(REPO / "configs/debug.yaml")
 FINETUNE = str(REPO / "configs/finetune.yaml")

@@ -27,7 +27,7 @@ from conftest import (
     write_order_task,
 )
 
-pytestmark = [pytest.mark.slurm, pytest.mark.slow(seconds=263)]  # its serial seconds: conftest starts the slowest first
+pytestmark = [pytest.mark.slurm, pytest.mark.slow(seconds=236)]  # its serial seconds: conftest starts the slowest first
 
 # 120 steps (about 10 s of training on 2 tasks here): the preemption comes at step 30, leaving the stop,
 # the requeue and the resume 90 steps to match the uninterrupted run on, bit for bit
