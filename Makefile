@@ -12,6 +12,12 @@ DEMO_FINETUNE ?= configs/finetune_demo.yaml
 TORCH_PIN := torch==2.13.0
 # pytest worker processes for `make test` (each test file runs whole on one worker)
 TEST_JOBS ?= 2
+# DeepSpeed JIT-compiles a C++ op (its CPU shared-memory collectives) the first time a ZeRO run starts
+# on the CPU: about 70 s of both cores. torch keeps one build per extension name in one cache folder
+# and rebuilds whenever the sources' path differs, so two checkouts on one machine (CI's clone and a
+# working copy) used to rebuild it in turn, in the middle of the test suite. One folder per checkout,
+# kept outside it (a clean clone at the same path finds its build again):
+TORCH_EXTENSIONS_DIR ?= $(HOME)/.cache/elmo_dist/torch_extensions$(CURDIR)
 
 .PHONY: demo test bench venv clean
 
@@ -49,7 +55,8 @@ test: $(VENV)/.dev-installed
 	# byte-compile once: where PYTHONDONTWRITEBYTECODE is set (as on CI), each of the suite's hundreds of
 	# elmo-dist processes would otherwise compile the package again
 	$(BIN)/python -m compileall -q elmo_dist benchmarks
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest tests -n $(TEST_JOBS) --dist loadfile --no-loadscope-reorder --durations=25
+	PATH="$(CURDIR)/$(BIN):$$PATH" TORCH_EXTENSIONS_DIR="$(TORCH_EXTENSIONS_DIR)" \
+		$(BIN)/python -m pytest tests -n $(TEST_JOBS) --dist loadfile --no-loadscope-reorder --durations=25
 
 # `make bench`: the CPU figures of docs/performance.md, as JSON in benchmarks/results/
 BENCH := benchmarks/results

@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 
 from conftest import REPO, TINY_OVERRIDES, adagrad_f32_atol, run_cli
 
-pytestmark = pytest.mark.slow(seconds=140)  # its serial seconds: conftest starts the slowest first
+pytestmark = pytest.mark.slow(seconds=122)  # its serial seconds: conftest starts the slowest first
 
 EXACT = ["model.softmax=full", "model.dropout=0", "train.max_steps=8", "train.eval_every=0", "checkpoint.every=4",
          "optim.name=adagrad", "optim.lr=0.2", "data.batch_size=8"]
@@ -55,11 +55,23 @@ def ddp_reference(tmp_path_factory, grammar_corpus):
     return run
 
 
+@pytest.fixture(scope="module")
+def zero2_run(tmp_path_factory, grammar_corpus):
+    """Plain ZeRO-2 on 2 processes, never interrupted: the run that must match plain DDP is also the
+    one a stopped and resumed ZeRO-2 run must equal, so both tests share it (one launch fewer)."""
+    run = tmp_path_factory.mktemp("zero2") / "z"
+    torchrun2(*pretrain_args(run, grammar_corpus, "dist.zero_stage=2"))
+    return run
+
+
 @pytest.mark.parametrize("stage,extra", [(1, []), (2, []), (3, []), (2, ["dist.offload_optimizer=cpu"])],
                          ids=["zero1", "zero2", "zero3", "zero2-offload"])
-def test_zero_matches_plain_data_parallel(tmp_path, grammar_corpus, ddp_reference, stage, extra):
-    run = tmp_path / "z"
-    torchrun2(*pretrain_args(run, grammar_corpus, f"dist.zero_stage={stage}", *extra))
+def test_zero_matches_plain_data_parallel(tmp_path, grammar_corpus, ddp_reference, stage, extra, request):
+    if (stage, extra) == (2, []):
+        run = request.getfixturevalue("zero2_run")
+    else:
+        run = tmp_path / "z"
+        torchrun2(*pretrain_args(run, grammar_corpus, f"dist.zero_stage={stage}", *extra))
     assert_same(weights(ddp_reference), weights(run), ddp_reference)
     summary = json.loads((run / "summary.json").read_text())
     assert summary["processes"] == 2 and summary["ranks_in_sync"] is True
@@ -74,14 +86,13 @@ def test_zero_matches_plain_data_parallel(tmp_path, grammar_corpus, ddp_referenc
         assert "held-out perplexity" in ev.stdout
 
 
-def test_zero2_resume_continues_identically(tmp_path, grammar_corpus):
+def test_zero2_resume_continues_identically(tmp_path, grammar_corpus, zero2_run):
     args = pretrain_args(tmp_path / "b", grammar_corpus, "dist.zero_stage=2")
-    torchrun2(*pretrain_args(tmp_path / "a", grammar_corpus, "dist.zero_stage=2"))
     torchrun2(*args, "--stop-at-step", "4")
     assert (tmp_path / "b" / "checkpoints" / "step-4" / "deepspeed").is_dir()
     resumed = torchrun2(*args)
     assert "resumed from" in resumed.stderr
-    assert_same(weights(tmp_path / "a"), weights(tmp_path / "b"))  # the same processes and kernels: bit for bit
+    assert_same(weights(zero2_run), weights(tmp_path / "b"))  # the same processes and kernels: bit for bit
     # a ZeRO checkpoint is refused under another stage, with the way out in the message
     proc = torchrun2(*args, "train.max_steps=12", "dist.zero_stage=0", check=False)
     assert proc.returncode != 0 and "saved with ZeRO stage 2" in proc.stderr and "export" in proc.stderr

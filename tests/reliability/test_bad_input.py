@@ -13,7 +13,7 @@ import pytest
 
 from conftest import REPO, TINY_OVERRIDES, run_cli, write_grammar_corpus
 
-pytestmark = pytest.mark.slow(seconds=82)  # its serial seconds: conftest starts the slowest first
+pytestmark = pytest.mark.slow(seconds=61)  # its serial seconds: conftest starts the slowest first
 
 DEBUG = str(REPO / "configs/debug.yaml")
 FINETUNE = str(REPO / "configs/finetune.yaml")
@@ -85,7 +85,9 @@ def _truncated_gzip(t, ctx):
 
 
 def _run_with_checkpoint(t, ctx) -> Path:
-    run_cli(*_pretrain(t, ctx["prepared"], "checkpoint.every=0"))
+    """A finished 3-step run at t/run, for a case to damage or resume: a copy of the one ctx trained
+    (three cases each trained the same run before; a copied run directory is as good a run)."""
+    shutil.copytree(ctx["run"], t / "run")
     return t / "run" / "checkpoints" / "step-3"
 
 
@@ -187,8 +189,11 @@ CASES = {
 
 @pytest.fixture(scope="module")
 def ctx(tmp_path_factory, grammar_corpus, tiny_bilm):
+    """What the cases read: the prepared corpus, a biLM, a small text, and a finished 3-step run."""
     t = tmp_path_factory.mktemp("ctx")
-    return {"prepared": grammar_corpus, "bilm": tiny_bilm, "text": write_grammar_corpus(t / "text.txt", 50)}
+    run_cli(*_pretrain(t, grammar_corpus, "checkpoint.every=0"))
+    return {"prepared": grammar_corpus, "bilm": tiny_bilm, "text": write_grammar_corpus(t / "text.txt", 50),
+            "run": t / "run"}
 
 
 def test_the_table_is_big_enough():
