@@ -81,7 +81,9 @@ def kill_tree(proc: subprocess.Popen) -> None:
 
 
 def run_with_kills(cmd: list[str], run: Path, plan: list[str], rng: random.Random, log: Path) -> dict:
-    """Start, kill per plan ('timed' or 'write'), restart with the same command until it finishes."""
+    """Start, kill per plan ('timed': at a random moment after training started; 'saved': the same, once
+    a checkpoint is complete; 'write': while a checkpoint is being written), restart with the same
+    command until it finishes."""
     stats = {"kills": 0, "during_write": 0, "restarts": 0}
     ckpts = run / "checkpoints"
     for kind in [*plan, None]:
@@ -95,6 +97,11 @@ def run_with_kills(cmd: list[str], run: Path, plan: list[str], rng: random.Rando
         alive = _wait_for(lambda started=started: "training steps" in log.read_text()[started:], proc, interval=0.02)
         if alive and kind == "timed":
             time.sleep(rng.uniform(0.0, 0.8))
+        elif alive and kind == "saved":  # past a complete checkpoint: the restart must resume from it
+            alive = _wait_for(lambda: ckpts.is_dir() and any(p.name.startswith("step-") for p in ckpts.iterdir()),
+                              proc)
+            if alive:
+                time.sleep(rng.uniform(0.0, 0.8))
         elif alive:
             alive = _wait_for(lambda: ckpts.is_dir() and any(p.name.startswith(".tmp-") for p in ckpts.iterdir()), proc)
         if proc.poll() is None:
@@ -114,8 +121,10 @@ def final_weights(run: Path) -> dict:
 
 # the full matrix is 20 kills (ELMO_DIST_KILLS=full); `make test` and CI run a reduced 13
 FULL = os.environ.get("ELMO_DIST_KILLS") == "full"
-PLANS = {1: ["timed"] * (8 if FULL else 5) + ["write"] * (4 if FULL else 3),
-         2: ["timed"] * (5 if FULL else 3) + ["write"] * (3 if FULL else 2)}
+# one kill of each plan waits for a complete checkpoint: on a slow machine the timed kills may all
+# come before the first one, and a run that never resumes would pass without testing resumption
+PLANS = {1: ["saved"] + ["timed"] * (7 if FULL else 4) + ["write"] * (4 if FULL else 3),
+         2: ["saved"] + ["timed"] * (4 if FULL else 2) + ["write"] * (3 if FULL else 2)}
 
 
 @pytest.fixture(scope="module")
@@ -148,4 +157,5 @@ def test_killed_anywhere_and_restarted_equals_uninterrupted(tmp_path, small_corp
     assert stats["kills"] >= len(plan) - 2, stats  # a kill may come too late only if the run had already ended
     assert stats["during_write"] >= 1, stats
     assert final_epoch(run) == final_epoch(ref) >= 1  # the resumed runs went on into later epochs
+    assert "resumed from" in (tmp_path / "log.txt").read_text()  # at least one restart resumed
     assert diff == 0.0
