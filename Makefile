@@ -13,10 +13,10 @@ TORCH_PIN := torch==2.13.0
 # pytest worker processes for `make test` (each test file runs whole on one worker)
 TEST_JOBS ?= 2
 # DeepSpeed JIT-compiles a C++ op (its CPU shared-memory collectives) the first time a ZeRO run starts
-# on the CPU: about 70 s of both cores. torch keeps one build per extension name in one cache folder
-# and rebuilds whenever the sources' path differs, so two checkouts on one machine (CI's clone and a
-# working copy) used to rebuild it in turn, in the middle of the test suite. One folder per checkout,
-# kept outside it (a clean clone at the same path finds its build again):
+# on the CPU: 80 to 105 s of compiler time in the middle of the suite. torch keeps one build per
+# extension name in one cache folder and rebuilds whenever the sources' path differs, so two checkouts
+# on one machine used to rebuild it in turn. One folder per checkout, kept outside it: a second
+# `make test` in a checkout reuses its build; a fresh clone (a new venv, new sources) builds it again.
 TORCH_EXTENSIONS_DIR ?= $(HOME)/.cache/elmo_dist/torch_extensions$(CURDIR)
 
 .PHONY: demo test bench venv clean
