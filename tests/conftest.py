@@ -59,13 +59,17 @@ def run_cli(*args: str, cwd: Path | None = None, check: bool = True, env: dict |
     return proc
 
 
+def prepare_grammar(d: Path, lines: int) -> Path:
+    """`lines` grammar lines written to D/corpus.txt and prepared (5% held out) into D/prepared."""
+    write_grammar_corpus(d / "corpus.txt", lines)
+    run_cli("prepare", str(d / "corpus.txt"), "--out", str(d / "prepared"), "--heldout-fraction", "0.05")
+    return d / "prepared"
+
+
 @pytest.fixture(scope="session")
 def grammar_corpus(tmp_path_factory) -> Path:
     """A prepared corpus (about 60k words) shared by the integration tests."""
-    d = tmp_path_factory.mktemp("grammar")
-    write_grammar_corpus(d / "corpus.txt", 12000)
-    run_cli("prepare", str(d / "corpus.txt"), "--out", str(d / "prepared"), "--heldout-fraction", "0.05")
-    return d / "prepared"
+    return prepare_grammar(tmp_path_factory.mktemp("grammar"), 12000)
 
 
 TINY_OVERRIDES = [

@@ -67,9 +67,10 @@ class Tuned(torch.nn.Module):
     def __init__(self, model: torch.nn.Module, bilm: torch.nn.Module | None):
         super().__init__()
         self.model, self.bilm = model, bilm
+        self.means = reads_means(model)  # fixed by the model's structure: asked once, not every batch
 
     def forward(self, data, sources, split: str, idx: list[int], device):
-        ids, layers, mask = batch_inputs(data, sources, split, idx, device, reads_means(self.model))
+        ids, layers, mask = batch_inputs(data, sources, split, idx, device, self.means)
         return self.model(ids, layers, mask), mask
 
 
@@ -92,7 +93,8 @@ class VariantRun:
         self.net = build_task_model(cfg, variant, data.task, len(data.names), len(data.vocab), embedder.n_layers,
                                     embedder.dim, vectors).to(embedder.device)
         self.mix = self.net.mix
-        if reads_means(self.net) and self.sources is not None:
+        self.means = reads_means(self.net)
+        if self.means and self.sources is not None:
             log.info("%s reads each document's layer means: mean pooling of a linear mix, nothing per token "
                      "in between (the same model as reading every token's layers)", variant)
         trainable = cfg.bilm.trainable and self.sources is not None
@@ -179,8 +181,7 @@ class VariantRun:
         preds: list = [None] * len(mine)
         for start in range(0, len(by_length), bs):
             idx = by_length[start : start + bs]
-            ids, layers, mask = batch_inputs(self.data, self.sources, split, idx, self.embedder.device,
-                                             reads_means(self.net))
+            ids, layers, mask = batch_inputs(self.data, self.sources, split, idx, self.embedder.device, self.means)
             out = self.net(ids, layers, mask)
             loss, count = self.objective.eval_loss(self.net, out, mask, split, idx)
             totals += torch.tensor([loss, count], dtype=torch.float64)

@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
-from conftest import REPO, TINY_OVERRIDES, run_cli, write_grammar_corpus
+from conftest import REPO, TINY_OVERRIDES, prepare_grammar
 
 pytestmark = pytest.mark.slow(seconds=135)  # its serial seconds: conftest starts the slowest first
 
@@ -130,10 +130,7 @@ PLANS = {1: ["saved"] + ["timed"] * (7 if FULL else 4) + ["write"] * (4 if FULL 
 @pytest.fixture(scope="module")
 def small_corpus(tmp_path_factory) -> Path:
     """2000 grammar lines, prepared: short epochs, so that the runs cross several of them."""
-    d = tmp_path_factory.mktemp("small")
-    write_grammar_corpus(d / "corpus.txt", 2000)
-    run_cli("prepare", str(d / "corpus.txt"), "--out", str(d / "prepared"), "--heldout-fraction", "0.05")
-    return d / "prepared"
+    return prepare_grammar(tmp_path_factory.mktemp("small"), 2000)
 
 
 def final_epoch(run: Path) -> int:
